@@ -1,0 +1,1 @@
+"""facekeys: privacy-preserving face key store."""
