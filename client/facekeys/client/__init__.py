@@ -1,1 +1,5 @@
-"""facekeys subpackage."""
+"""Python client of the facekeys key store: numpy in, dataclasses out. Needs only grpcio, protobuf, numpy."""
+
+from .client import Client, EnrollStream
+
+__all__ = ["Client", "EnrollStream"]

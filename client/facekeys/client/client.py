@@ -1,0 +1,163 @@
+"""The gRPC client. It hides the byte packing and turns status codes back into `facekeys.errors`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import queue
+from typing import Iterable, Iterator, Optional, Sequence
+
+import grpc
+import numpy as np
+
+from facekeys import wire
+from facekeys.errors import BY_CODE, FacekeysError
+from facekeys.layers import LayerSpec, format_layers, parse_layers
+from facekeys.records import EnrolledKey, Filter, KeyRecord, MatchResult, NewKey, StoreStats
+from facekeys.v1 import keystore_pb2 as pb
+from facekeys.v1 import keystore_pb2_grpc as pb_grpc
+
+MiB = 1 << 20
+
+
+def _raise_domain(err: grpc.RpcError):
+    code = err.code()
+    cls = BY_CODE.get(code.name, FacekeysError)
+    exc = cls(err.details() or code.name)
+    exc.code = code.name
+    raise exc from None
+
+
+def _translated(fn):
+    """Re-raise grpc.RpcError as the matching facekeys.errors class (generators too)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except grpc.RpcError as err:
+                _raise_domain(err)
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as err:
+            _raise_domain(err)
+
+    return wrapper
+
+
+class Client:
+    """Connect to a key store: `Client("127.0.0.1:50051")`. Use as a context manager or call close()."""
+
+    def __init__(self, target: str, timeout: float = 30.0, max_message_bytes: int = 64 * MiB,
+                 wire_dtype: str = "float32"):
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self._stub = pb_grpc.KeyStoreStub(self._channel)
+        self.timeout = timeout
+        self.wire_dtype = wire_dtype
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @_translated
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def _request(self, keys: Sequence[NewKey]) -> pb.EnrollRequest:
+        return pb.EnrollRequest(keys=[wire.new_key_to_pb(k, self.wire_dtype) for k in keys])
+
+    @_translated
+    def enroll(self, keys: Sequence[NewKey]) -> list[EnrolledKey]:
+        """Enrol a batch; returns after it is durable on the server."""
+        return wire.enrolled_from_pb(self._stub.Enroll(self._request(keys), timeout=self.timeout))
+
+    @_translated
+    def enroll_stream(self, batches: Iterable[Sequence[NewKey]]) -> Iterator[list[EnrolledKey]]:
+        """Stream batches; yields one acknowledgement per batch as soon as it is durable."""
+        for response in self._stub.EnrollStream(self._request(b) for b in batches):
+            yield wire.enrolled_from_pb(response)
+
+    def open_stream(self) -> "EnrollStream":
+        """A long-lived enrol stream for gateways: `send(batch)`, acknowledgements from `acks()`."""
+        return EnrollStream(self)
+
+    @_translated
+    def match(self, probes: np.ndarray, encoder_id: str, layers: LayerSpec = "high:4", metric: str = "cosine",
+              top_k: int = 1, threshold: Optional[float] = None, filter: Optional[Filter] = None) -> MatchResult:
+        """Match probes (18, 512) or (Q, 18, 512) against the pool."""
+        return self.match_with_grants(probes, encoder_id, layers, metric, top_k, threshold, filter)[0]
+
+    @_translated
+    def match_with_grants(self, probes, encoder_id, layers="high:4", metric="cosine", top_k=1, threshold=None,
+                          filter=None) -> tuple[MatchResult, list[bytes]]:
+        request = pb.MatchRequest(
+            encoder_id=encoder_id, latents=wire.array_to_tensor(np.asarray(probes), self.wire_dtype),
+            layers=format_layers(parse_layers(layers)), metric=wire.metric_to_pb(metric), top_k=top_k,
+            threshold=threshold, filter=wire.filter_to_pb(filter or Filter()),
+        )
+        return wire.match_from_pb(self._stub.Match(request, timeout=self.timeout))
+
+    @_translated
+    def get(self, key_id: int, include_latent: bool = False) -> KeyRecord:
+        return wire.record_from_pb(self._stub.Get(pb.GetRequest(key_id=key_id, include_latent=include_latent),
+                                                  timeout=self.timeout))
+
+    @_translated
+    def delete_key(self, key_id: int) -> list[int]:
+        return list(self._stub.Delete(pb.DeleteRequest(key_id=key_id), timeout=self.timeout).deleted_key_ids)
+
+    @_translated
+    def delete_identity(self, identity_id: str) -> list[int]:
+        return list(self._stub.Delete(pb.DeleteRequest(identity_id=identity_id),
+                                      timeout=self.timeout).deleted_key_ids)
+
+    @_translated
+    def list_identities(self, after: str = "", limit: int = 1000) -> tuple[list[tuple[str, int]], str]:
+        r = self._stub.ListIdentities(pb.ListIdentitiesRequest(after=after, limit=limit), timeout=self.timeout)
+        return [(i.identity_id, i.key_count) for i in r.identities], r.next_after
+
+    @_translated
+    def stats(self) -> StoreStats:
+        return wire.stats_from_pb(self._stub.Stats(pb.StatsRequest(), timeout=self.timeout))
+
+
+class EnrollStream:
+    """A long-lived bidirectional enrol stream. Each `send` is one batch; `acks()` yields in order."""
+
+    _END = object()
+
+    def __init__(self, client: Client):
+        self._q: queue.Queue = queue.Queue(maxsize=64)
+        self._responses = client._stub.EnrollStream(self._requests())
+        self._client = client
+
+    def _requests(self):
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            yield item
+
+    def send(self, batch: Sequence[NewKey]) -> None:
+        self._q.put(self._client._request(batch))
+
+    def close(self) -> None:
+        self._q.put(self._END)
+
+    @_translated
+    def acks(self) -> Iterator[list[EnrolledKey]]:
+        for response in self._responses:
+            yield wire.enrolled_from_pb(response)

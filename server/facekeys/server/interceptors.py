@@ -1,0 +1,89 @@
+"""The one place where exceptions become gRPC status codes, and where every call is timed and counted."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from facekeys.errors import FacekeysError
+
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("facekeys.server")
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, FacekeysError):
+        return grpc.StatusCode[exc.code], str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+
+
+class StatusInterceptor(grpc.ServerInterceptor):
+    """Maps domain errors to status codes, logs failures, records per-method/per-code metrics."""
+
+    def __init__(self, metrics: ServiceMetrics):
+        self._metrics = metrics
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming(method, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            self._unary(method, handler.stream_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    def _fail(self, method, context, exc, t0):
+        code, message = _status(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.exception("%s failed", method, extra={"rpc": method, "code": code.name})
+        else:
+            log.warning("%s: %s %s", method, code.name, message, extra={"rpc": method, "code": code.name})
+        self._metrics.observe(method, code.name, time.perf_counter() - t0)
+        context.abort(code, message)
+
+    def _done(self, method, context, t0):
+        code = context.code() or grpc.StatusCode.OK  # a cancelled call may carry its own code
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self._metrics.observe(method, name, time.perf_counter() - t0)
+
+    def _unary(self, method, behavior):
+        def wrapper(request, context):
+            t0 = time.perf_counter()
+            try:
+                response = behavior(request, context)
+            except Exception as exc:  # every error leaves through _fail with a status
+                self._fail(method, context, exc, t0)
+            self._done(method, context, t0)
+            return response
+
+        return wrapper
+
+    def _streaming(self, method, behavior):
+        def wrapper(request, context):
+            t0 = time.perf_counter()
+            try:
+                yield from behavior(request, context)
+            except Exception as exc:
+                self._fail(method, context, exc, t0)
+            self._done(method, context, t0)
+
+        return wrapper

@@ -1,0 +1,48 @@
+"""Prometheus metrics of the key store service, on their own registry (one per server instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "facekeys_requests", "gRPC requests by method and status code", ["method", "code"],
+            registry=self.registry)
+        self.latency = Histogram(
+            "facekeys_request_duration_seconds", "gRPC request latency by method and status code",
+            ["method", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.decisions = Counter(
+            "facekeys_match_decisions", "Match decisions per probe", ["decision"], registry=self.registry)
+        self.enrolled = Counter("facekeys_enrolled_keys", "Keys enrolled (durable)", registry=self.registry)
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method, code).observe(seconds)
+
+    def watch_store(self, store) -> None:
+        self.registry.register(_StoreCollector(store))
+
+    def serve_http(self, host: str, port: int):
+        """Start the /metrics endpoint; returns (http_server, thread)."""
+        return start_http_server(port, addr=host, registry=self.registry)
+
+
+class _StoreCollector:
+    """Read the store's gauges at scrape time."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def collect(self):
+        s = self._store.stats()
+        yield GaugeMetricFamily("facekeys_keys_stored", "Keys stored", value=s.keys)
+        yield GaugeMetricFamily("facekeys_identities_stored", "Identities stored", value=s.identities)
+        yield GaugeMetricFamily("facekeys_index_bytes", "Bytes held by the vector indexes", value=s.index_bytes)
+        yield GaugeMetricFamily("facekeys_lmdb_used_bytes", "LMDB bytes in use", value=s.lmdb_used_bytes)
+        yield GaugeMetricFamily("facekeys_lmdb_map_bytes", "LMDB map size", value=s.lmdb_map_bytes)

@@ -1,0 +1,227 @@
+"""KeyStore: the engine. LMDB is the source of truth; per-encoder vector indexes are rebuilt from it.
+
+No grpc, no torch, no protobuf: the server, the indexer and the benchmarks all call this directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from facekeys.errors import InvalidArgument, NotFound
+
+from .config import StoreConfig
+from .lmdb_table import LmdbTable, StoredMeta
+from facekeys.records import (
+    METRICS, EnrolledKey, Hit, KeyRecord, MatchQuery, MatchResult, NewKey, ProbeResult, StoreStats,
+    better, check_id, check_latents,
+)
+from .vectors import FlatLayerIndex, KeyAttrs, VectorIndex
+
+log = logging.getLogger("facekeys.store")
+
+IndexFactory = Callable[[StoreConfig], VectorIndex]
+
+
+def flat_index(config: StoreConfig) -> VectorIndex:
+    return FlatLayerIndex(rerank_extra=config.rerank_extra)
+
+
+def _attrs(m: StoredMeta) -> KeyAttrs:
+    return KeyAttrs(m.identity_id, m.camera_id, m.t_start, m.t_end)
+
+
+class KeyStore:
+    """Face keys: enrol, match over W+ layer subsets, get, delete, list, stats.
+
+    Thread-safe: matches run concurrently; enrolments and deletions are serialised (LMDB has one
+    writer anyway) so that LMDB and the indexes never disagree.
+    """
+
+    def __init__(self, table: LmdbTable, config: StoreConfig, index_factory: IndexFactory = flat_index):
+        self.config = config
+        self._table = table
+        self._new_index = index_factory
+        self._indexes: dict[str, VectorIndex] = {}  # encoder_id -> index
+        self._identity_keys: Counter[str] = Counter()
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | Path, config: Optional[StoreConfig] = None,
+             index_factory: IndexFactory = flat_index) -> "KeyStore":
+        """Open (or create) a store directory and rebuild the indexes from LMDB."""
+        config = config or StoreConfig()
+        store = cls(LmdbTable(Path(path), config.map_size, config.durable), config, index_factory)
+        store._rebuild()
+        return store
+
+    def _rebuild(self) -> None:
+        t0 = time.perf_counter()
+        n = 0
+        for metas, latents in self._table.scan(self.config.rebuild_batch):  # latents (B, 18, 512)
+            self._index_add(metas, latents)
+            n += len(metas)
+        log.info("rebuilt indexes from LMDB: %d keys, %d encoders in %.2fs", n, len(self._indexes),
+                 time.perf_counter() - t0)
+
+    def _index_add(self, metas: Sequence[StoredMeta], latents: np.ndarray) -> None:
+        by_encoder: dict[str, list[int]] = {}
+        for j, m in enumerate(metas):
+            by_encoder.setdefault(m.encoder_id, []).append(j)
+            self._identity_keys[m.identity_id] += 1
+        for encoder_id, rows in by_encoder.items():
+            index = self._indexes.get(encoder_id)
+            if index is None:
+                index = self._indexes[encoder_id] = self._new_index(self.config)
+            index.add(np.array([metas[j].key_id for j in rows], np.int64), latents[rows],
+                      [_attrs(metas[j]) for j in rows])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._table.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- enrol ------------------------------------------------------------------------------------
+    def enroll(self, keys: Sequence[NewKey]) -> list[EnrolledKey]:
+        """Store keys durably, then index them. All or nothing: a bad key rejects the whole batch."""
+        if len(keys) == 0:
+            raise InvalidArgument("enroll: no keys given")
+        if len(keys) > self.config.max_batch:
+            raise InvalidArgument(f"enroll: {len(keys)} keys in one batch, the limit is {self.config.max_batch}")
+        checked, identities = [], []
+        for i, key in enumerate(keys):
+            try:
+                checked.append(NewKey(
+                    latent=check_latents(key.latent), encoder_id=check_id(key.encoder_id, "encoder_id", required=True),
+                    identity_id=check_id(key.identity_id, "identity_id", required=False),
+                    where=key.where.checked(), obfuscation=key.obfuscation,
+                    attributes=_check_attributes(key.attributes),
+                ))
+            except InvalidArgument as e:
+                raise InvalidArgument(f"key {i}: {e}") from None
+            identities.append(key.identity_id or uuid.uuid4().hex)
+        latents = np.stack([k.latent for k in checked])  # (N, 18, 512)
+        with self._write_lock:
+            metas = self._table.put(checked, identities)  # durable from here on
+            self._index_add(metas, latents)
+        return [EnrolledKey(m.key_id, m.identity_id) for m in metas]
+
+    # -- match ------------------------------------------------------------------------------------
+    def match(self, query: MatchQuery) -> MatchResult:
+        cfg = self.config
+        if query.metric not in METRICS:
+            raise InvalidArgument(f"unknown metric {query.metric!r}; use one of {', '.join(METRICS)}")
+        if not isinstance(query.top_k, int) or not 1 <= query.top_k <= cfg.max_top_k:
+            raise InvalidArgument(f"top_k must be in 1..{cfg.max_top_k}, got {query.top_k}")
+        if not query.layers:
+            raise InvalidArgument("layer subset is empty")
+        probes = check_latents(query.probes, "probe", batch=True)  # (Q, 18, 512)
+        if len(probes) > cfg.max_probes:
+            raise InvalidArgument(f"{len(probes)} probes in one match, the limit is {cfg.max_probes}")
+        threshold = cfg.threshold(query.metric) if query.threshold is None else float(query.threshold)
+        if not math.isfinite(threshold):
+            raise InvalidArgument("threshold must be finite")
+        flt = query.filter
+        if flt.t_from and flt.t_to and flt.t_to < flt.t_from:
+            raise InvalidArgument(f"filter time range is reversed: {flt.t_from} > {flt.t_to}")
+        index = self._indexes.get(query.encoder_id)
+        if index is None:
+            known = ", ".join(sorted(self._indexes)) or "none"
+            raise NotFound(f"no keys were ever enrolled with encoder_id {query.encoder_id!r} (known: {known})")
+        found = index.search(probes, query.layers, query.metric, query.top_k, flt)
+        metas = self._table.get_meta(sorted({int(i) for i in found.ids.ravel() if i >= 0}))
+        results = []
+        for ids, scores in zip(found.ids, found.scores):
+            hits = tuple(
+                _hit(metas[int(i)], float(s)) for i, s in zip(ids, scores) if int(i) in metas
+            )  # a key deleted while this match ran is dropped
+            accepted = bool(hits) and better(query.metric, hits[0].score, threshold)
+            results.append(ProbeResult(accepted, hits))
+        return MatchResult(tuple(results), query.layers, query.metric, threshold, found.searched)
+
+    # -- get / delete / list / stats ---------------------------------------------------------------
+    def get(self, key_id: int, include_latent: bool = False) -> KeyRecord:
+        return self._table.get(_check_key_id(key_id), include_latent)
+
+    def delete_key(self, key_id: int) -> list[int]:
+        return self._delete([_check_key_id(key_id)], f"key {key_id} not found")
+
+    def delete_identity(self, identity_id: str) -> list[int]:
+        check_id(identity_id, "identity_id", required=True)
+        with self._write_lock:
+            ids = self._table.keys_of_identity(identity_id)
+            return self._delete_locked(ids, f"identity {identity_id!r} not found")
+
+    def _delete(self, ids: list[int], missing: str) -> list[int]:
+        with self._write_lock:
+            return self._delete_locked(ids, missing)
+
+    def _delete_locked(self, ids: list[int], missing: str) -> list[int]:
+        gone = self._table.delete(ids)  # durable from here on
+        if not gone:
+            raise NotFound(missing)
+        by_encoder: dict[str, list[int]] = {}
+        for m in gone:
+            by_encoder.setdefault(m.encoder_id, []).append(m.key_id)
+            self._identity_keys[m.identity_id] -= 1
+            if self._identity_keys[m.identity_id] <= 0:
+                del self._identity_keys[m.identity_id]
+        for encoder_id, key_ids in by_encoder.items():
+            self._indexes[encoder_id].remove(np.array(key_ids, np.int64))
+        return sorted(m.key_id for m in gone)
+
+    def list_identities(self, after: str = "", limit: int = 1000) -> tuple[list[tuple[str, int]], str]:
+        """Identities in sorted order after `after`, with their key counts, and the cursor to go on."""
+        if not 1 <= limit <= 100_000:
+            raise InvalidArgument(f"limit must be in 1..100000, got {limit}")
+        names = sorted(n for n in list(self._identity_keys) if n > after)
+        page = [(n, self._identity_keys.get(n, 0)) for n in names[:limit]]
+        return page, (page[-1][0] if len(names) > limit else "")
+
+    def stats(self) -> StoreStats:
+        used, mapped = self._table.sizes()
+        indexes = dict(self._indexes)
+        return StoreStats(
+            keys=sum(len(ix) for ix in indexes.values()),
+            identities=len(self._identity_keys),
+            keys_by_encoder={e: len(ix) for e, ix in indexes.items()},
+            index_bytes=sum(ix.nbytes for ix in indexes.values()),
+            lmdb_used_bytes=used, lmdb_map_bytes=mapped, index_mode=self.config.index_mode,
+            next_key_id=self._table.next_key_id(),
+        )
+
+
+def _hit(m: StoredMeta, score: float) -> Hit:
+    return Hit(m.key_id, m.identity_id, score, m.camera_id, m.video_id, m.track_id, m.t_start, m.t_end)
+
+
+def _check_key_id(key_id) -> int:
+    if isinstance(key_id, bool) or not isinstance(key_id, (int, np.integer)) or not 1 <= int(key_id) < 2**63:
+        raise InvalidArgument(f"key_id must be a positive integer, got {key_id!r}")
+    return int(key_id)
+
+
+def _check_attributes(attrs) -> dict:
+    out = {}
+    for k, v in dict(attrs).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgument("attributes must map strings to strings")
+        if len(k) > 256 or len(v) > 4096:
+            raise InvalidArgument(f"attribute {k[:40]!r} is too long (key <= 256, value <= 4096 chars)")
+        out[k] = v
+    return out

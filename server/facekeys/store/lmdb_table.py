@@ -1,0 +1,225 @@
+"""LMDB: the source of truth for keys, their metadata and their blurred-region indices.
+
+Databases (all keyed by the 8-byte big-endian key id unless noted):
+  meta     JSON metadata of the key
+  latent   (18, 512) float32 little-endian bytes
+  boxes    (M, 5) int32 little-endian bytes: frame_index, x, y, w, h
+  ident    identity_id UTF-8 + NUL + key id -> b""   (identity -> keys; identities never contain NUL)
+  counters b"next_key_id" -> 8-byte big-endian
+A write returns only after its transaction has committed; with `durable=True` the commit is fsync'd.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import lmdb
+import numpy as np
+
+from facekeys.dims import KEY_SHAPE
+from facekeys.errors import FacekeysError, NotFound, ResourceExhausted
+
+from facekeys.records import KeyRecord, NewKey, Obfuscation, Where
+
+_U64 = struct.Struct(">Q")
+_NEXT = b"next_key_id"
+
+
+def _k(key_id: int) -> bytes:
+    return _U64.pack(key_id)
+
+
+def _ident_key(identity_id: str, key_id: int) -> bytes:
+    return identity_id.encode() + b"\x00" + _k(key_id)
+
+
+@dataclass(frozen=True)
+class StoredMeta:
+    """The metadata part of a record, as kept in `meta` (no latent, no boxes)."""
+
+    key_id: int
+    identity_id: str
+    encoder_id: str
+    camera_id: str
+    video_id: str
+    track_id: str
+    t_start: float
+    t_end: float
+    method: str
+    strength: float
+    attributes: dict
+    created_at: float
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            [self.identity_id, self.encoder_id, self.camera_id, self.video_id, self.track_id,
+             self.t_start, self.t_end, self.method, self.strength, self.attributes, self.created_at],
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, key_id: int, raw: bytes) -> "StoredMeta":
+        return cls(key_id, *json.loads(raw))
+
+
+class LmdbTable:
+    def __init__(self, path: Path, map_size: int, durable: bool = True):
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(
+            str(path), map_size=map_size, subdir=True, max_dbs=8, sync=durable, metasync=durable,
+            readahead=False, max_readers=512, lock=True,
+        )
+        self._meta = self.env.open_db(b"meta")
+        self._latent = self.env.open_db(b"latent")
+        self._boxes = self.env.open_db(b"boxes")
+        self._ident = self.env.open_db(b"ident")
+        self._counters = self.env.open_db(b"counters")
+
+    def close(self) -> None:
+        self.env.close()
+
+    def _write(self):
+        return _WriteTxn(self.env)
+
+    # -- writes -----------------------------------------------------------------------------------
+    def put(self, keys: Sequence[NewKey], identities: Sequence[str]) -> list[StoredMeta]:
+        """Store checked keys in one transaction; assign key ids. Returns after commit."""
+        now = time.time()
+        out = []
+        with self._write() as txn:
+            raw = txn.get(_NEXT, db=self._counters)
+            next_id = _U64.unpack(raw)[0] if raw else 1
+            for key, identity in zip(keys, identities):
+                w = key.where
+                meta = StoredMeta(
+                    next_id, identity, key.encoder_id, w.camera_id, w.video_id, w.track_id,
+                    w.t_start, w.t_end, key.obfuscation.method, float(key.obfuscation.strength),
+                    dict(key.attributes), now,
+                )
+                kb = _k(next_id)
+                txn.put(kb, meta.encode(), db=self._meta)
+                txn.put(kb, key.latent.astype("<f4").tobytes(), db=self._latent)
+                txn.put(kb, w.boxes.astype("<i4").tobytes(), db=self._boxes)
+                txn.put(_ident_key(identity, next_id), b"", db=self._ident)
+                out.append(meta)
+                next_id += 1
+            txn.put(_NEXT, _U64.pack(next_id), db=self._counters)
+        return out
+
+    def delete(self, key_ids: Sequence[int]) -> list[StoredMeta]:
+        """Delete keys that exist; returns the metadata of those deleted."""
+        gone = []
+        with self._write() as txn:
+            for key_id in key_ids:
+                kb = _k(key_id)
+                raw = txn.get(kb, db=self._meta)
+                if raw is None:
+                    continue
+                meta = StoredMeta.decode(key_id, raw)
+                txn.delete(kb, db=self._meta)
+                txn.delete(kb, db=self._latent)
+                txn.delete(kb, db=self._boxes)
+                txn.delete(_ident_key(meta.identity_id, key_id), db=self._ident)
+                gone.append(meta)
+        return gone
+
+    # -- reads ------------------------------------------------------------------------------------
+    def keys_of_identity(self, identity_id: str) -> list[int]:
+        prefix = identity_id.encode() + b"\x00"
+        out = []
+        with self.env.begin(db=self._ident) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k in cur.iternext(values=False):
+                    if not k.startswith(prefix):
+                        break
+                    out.append(_U64.unpack(k[len(prefix):])[0])
+        return out
+
+    def get_meta(self, key_ids: Sequence[int]) -> dict[int, StoredMeta]:
+        out = {}
+        with self.env.begin(db=self._meta, buffers=True) as txn:
+            for key_id in key_ids:
+                raw = txn.get(_k(key_id))
+                if raw is not None:
+                    out[key_id] = StoredMeta.decode(key_id, bytes(raw))
+        return out
+
+    def get(self, key_id: int, include_latent: bool) -> KeyRecord:
+        kb = _k(key_id)
+        with self.env.begin(buffers=True) as txn:
+            raw = txn.get(kb, db=self._meta)
+            if raw is None:
+                raise NotFound(f"key {key_id} not found")
+            m = StoredMeta.decode(key_id, bytes(raw))
+            boxes = np.frombuffer(bytes(txn.get(kb, db=self._boxes)), "<i4").reshape(-1, 5).astype(np.int32)
+            latent = None
+            if include_latent:
+                latent = np.frombuffer(bytes(txn.get(kb, db=self._latent)), "<f4").reshape(KEY_SHAPE).copy()
+        return KeyRecord(
+            key_id=key_id, identity_id=m.identity_id, encoder_id=m.encoder_id,
+            where=Where(m.camera_id, m.video_id, m.track_id, m.t_start, m.t_end, boxes),
+            obfuscation=Obfuscation(m.method, m.strength), attributes=m.attributes,
+            created_at=m.created_at, latent=latent,
+        )
+
+    def scan(self, batch: int) -> Iterator[tuple[list[StoredMeta], np.ndarray]]:
+        """All keys in key-id order, in batches of (metadata, latents (B, 18, 512))."""
+        with self.env.begin(buffers=True) as txn:
+            lat = txn.cursor(db=self._latent)
+            metas, vecs = [], []
+            for kb, raw in txn.cursor(db=self._meta):
+                key_id = _U64.unpack(bytes(kb))[0]
+                metas.append(StoredMeta.decode(key_id, bytes(raw)))
+                vecs.append(np.frombuffer(lat.get(bytes(kb)), "<f4"))
+                if len(metas) == batch:
+                    yield metas, np.stack(vecs).reshape(-1, *KEY_SHAPE)
+                    metas, vecs = [], []
+            if metas:
+                yield metas, np.stack(vecs).reshape(-1, *KEY_SHAPE)
+
+    def next_key_id(self) -> int:
+        with self.env.begin(db=self._counters) as txn:
+            raw = txn.get(_NEXT)
+        return _U64.unpack(raw)[0] if raw else 1
+
+    def sizes(self) -> tuple[int, int]:
+        """(bytes in use, map size)."""
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
+
+
+class _WriteTxn:
+    """A write transaction whose LMDB failures surface as domain errors; aborted on any exception."""
+
+    def __init__(self, env):
+        self._env = env
+
+    def __enter__(self):
+        self._txn = self._env.begin(write=True)
+        return self._txn
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self._txn.commit()
+            else:
+                self._txn.abort()
+        except lmdb.MapFullError:
+            self._txn.abort()
+            raise ResourceExhausted(_FULL.format(self._env.info()["map_size"])) from None
+        if isinstance(exc, lmdb.MapFullError):
+            raise ResourceExhausted(_FULL.format(self._env.info()["map_size"])) from exc
+        if isinstance(exc, lmdb.Error) and not isinstance(exc, FacekeysError):
+            raise ResourceExhausted(f"LMDB write failed ({exc}); nothing from this request was stored") from exc
+        return False
+
+
+_FULL = "LMDB map is full (map_size={} bytes); nothing from this request was stored; restart with a larger --map-size"

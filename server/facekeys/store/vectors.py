@@ -1,0 +1,284 @@
+"""Vector storage behind a narrow interface.
+
+`VectorIndex` is everything the engine asks of its vector storage: add keys with the few scalar
+attributes searches filter on, remove keys, search a layer subset. The default implementation keeps one
+FAISS flat index per W+ layer in this process. A distributed vector database (e.g. Milvus with one vector
+field per layer and scalar fields for the filters) can implement the same protocol without the engine,
+the server or the indexer changing.
+
+Exact search over a layer subset S (paper: the concatenation of the selected layers):
+    <q_S, x_S>      = sum_{l in S} <q_l, x_l>            (one inner-product scan per layer index)
+    ||x_S||^2       = sum_{l in S} ||x_l||^2              (per-layer squared norms kept beside the index)
+    cosine(q, x)    = <q_S, x_S> / (||q_S|| ||x_S||)      (best = max)
+    l2(q, x)        = sqrt(||q_S||^2 + ||x_S||^2 - 2 <q_S, x_S>)   (best = min)
+The scan runs in float32 (memory-bandwidth bound); the best `k + rerank_extra` candidates of each probe
+are then re-scored in float64 directly from the stored vectors, so returned scores are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import faiss
+import numpy as np
+
+from facekeys.dims import DIM, N_LAYERS
+from facekeys.errors import InvalidArgument
+
+from facekeys.records import Filter
+from .rwlock import RWLock
+
+SCAN_CHUNK = 1 << 16  # rows scored at once: bounds the (rows, Q) score buffer
+GATHER_BELOW = 0.25  # a filter admitting fewer rows than this fraction gathers them instead of masking
+
+
+@dataclass(frozen=True)
+class KeyAttrs:
+    """The scalar fields a search can filter on."""
+
+    identity_id: str
+    camera_id: str
+    t_start: float
+    t_end: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    ids: np.ndarray  # (Q, k') int64, best first; k' <= k
+    scores: np.ndarray  # (Q, k') float64
+    searched: int  # keys admitted by the filter
+
+
+class VectorIndex(Protocol):
+    mode: str
+
+    def add(self, ids: np.ndarray, latents: np.ndarray, attrs: Sequence[KeyAttrs]) -> None: ...
+
+    def remove(self, ids: np.ndarray) -> int: ...
+
+    def search(
+        self, probes: np.ndarray, layers: tuple[int, ...], metric: str, k: int, flt: Filter
+    ) -> SearchResult: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+class _Codes:
+    """Interns strings to small ints so filters compare integer columns."""
+
+    def __init__(self):
+        self.by_name: dict[str, int] = {}
+
+    def code(self, name: str) -> int:
+        return self.by_name.setdefault(name, len(self.by_name))
+
+    def lookup(self, names: Sequence[str]) -> np.ndarray:
+        return np.array([self.by_name[n] for n in names if n in self.by_name], np.int32)
+
+
+def exact_scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 scores of one probe q (|S|, 512) against keys x (M, |S|, 512): the oracle formula."""
+    q64 = q.astype(np.float64).ravel()
+    x64 = x.astype(np.float64).reshape(len(x), -1)
+    if metric == "l2":
+        return np.sqrt(((x64 - q64) ** 2).sum(1))
+    qn = np.sqrt(q64 @ q64)
+    xn = np.sqrt((x64 * x64).sum(1))
+    denom = qn * xn
+    ip = x64 @ q64
+    return np.divide(ip, denom, out=np.zeros_like(ip), where=denom > 0)
+
+
+class FlatLayerIndex:
+    """Exact search: one `faiss.IndexFlatIP` of raw vectors per W+ layer, plus aligned columns."""
+
+    mode = "exact"
+
+    def __init__(self, rerank_extra: int = 16):
+        self._layers = [faiss.IndexFlatIP(DIM) for _ in range(N_LAYERS)]
+        self._rerank_extra = rerank_extra
+        self._lock = RWLock()
+        self._n = 0
+        cap = 1024
+        self._ids = np.zeros(cap, np.int64)
+        self._norm2 = np.zeros((cap, N_LAYERS), np.float32)  # per-layer squared norms
+        self._identity = np.zeros(cap, np.int32)
+        self._camera = np.zeros(cap, np.int32)
+        self._t0 = np.zeros(cap, np.float64)
+        self._t1 = np.zeros(cap, np.float64)
+        self._pos: dict[int, int] = {}
+        self._identities = _Codes()
+        self._cameras = _Codes()
+
+    # -- mutation ---------------------------------------------------------------------------------
+    _COLUMNS = ("_ids", "_norm2", "_identity", "_camera", "_t0", "_t1")
+
+    def _reserve(self, n: int) -> None:
+        cap = len(self._ids)
+        if n <= cap:
+            return
+        while cap < n:
+            cap *= 2
+        for name in self._COLUMNS:
+            old = getattr(self, name)
+            new = np.zeros((cap,) + old.shape[1:], old.dtype)
+            new[: self._n] = old[: self._n]
+            setattr(self, name, new)
+
+    def add(self, ids: np.ndarray, latents: np.ndarray, attrs: Sequence[KeyAttrs]) -> None:
+        ids = np.asarray(ids, np.int64)
+        m = len(ids)  # latents: (m, 18, 512) float32
+        if latents.shape != (m, N_LAYERS, DIM) or len(attrs) != m:
+            raise InvalidArgument("add: ids, latents and attrs disagree in length or shape")
+        with self._lock.write():
+            dup = [int(i) for i in ids if int(i) in self._pos]
+            if dup:
+                raise InvalidArgument(f"add: key ids already indexed: {dup[:5]}")
+            n = self._n
+            self._reserve(n + m)
+            for layer, index in enumerate(self._layers):
+                index.add(np.ascontiguousarray(latents[:, layer, :]))
+            s = slice(n, n + m)
+            self._ids[s] = ids
+            self._norm2[s] = np.einsum("nld,nld->nl", latents, latents)
+            self._identity[s] = [self._identities.code(a.identity_id) for a in attrs]
+            self._camera[s] = [self._cameras.code(a.camera_id) for a in attrs]
+            self._t0[s] = [a.t_start for a in attrs]
+            self._t1[s] = [a.t_end for a in attrs]
+            for j, key_id in enumerate(ids):
+                self._pos[int(key_id)] = n + j
+            self._n = n + m
+
+    def remove(self, ids: np.ndarray) -> int:
+        with self._lock.write():
+            positions = np.array(sorted({self._pos[int(i)] for i in ids if int(i) in self._pos}), np.int64)
+            if len(positions) == 0:
+                return 0
+            selector = faiss.IDSelectorBatch(positions)  # flat indexes: ids are positions
+            for index in self._layers:
+                index.remove_ids(selector)  # order-preserving compaction
+            keep = np.ones(self._n, bool)
+            keep[positions] = False
+            new_n = int(keep.sum())
+            for name in self._COLUMNS:
+                col = getattr(self, name)
+                col[:new_n] = col[: self._n][keep]
+            self._n = new_n
+            self._pos = {int(k): p for p, k in enumerate(self._ids[:new_n])}
+            return len(positions)
+
+    # -- queries ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, key_id: int) -> bool:
+        return int(key_id) in self._pos
+
+    @property
+    def nbytes(self) -> int:
+        per_row = N_LAYERS * DIM * 4 + sum(getattr(self, c)[:1].nbytes for c in self._COLUMNS)
+        return self._n * per_row
+
+    def _layer(self, layer: int) -> np.ndarray:
+        """Zero-copy (n, 512) view of a layer's stored vectors; valid while the read lock is held."""
+        return faiss.rev_swig_ptr(self._layers[layer].get_xb(), self._n * DIM).reshape(self._n, DIM)
+
+    def _admitted(self, flt: Filter) -> np.ndarray | None:
+        """Boolean mask of rows the filter admits, or None for all rows."""
+        if flt.empty:
+            return None
+        n = self._n
+        mask = np.ones(n, bool)
+        if flt.camera_ids:
+            mask &= np.isin(self._camera[:n], self._cameras.lookup(flt.camera_ids))
+        if flt.identity_ids:
+            mask &= np.isin(self._identity[:n], self._identities.lookup(flt.identity_ids))
+        if flt.t_from:
+            mask &= self._t1[:n] >= flt.t_from
+        if flt.t_to:
+            mask &= self._t0[:n] <= flt.t_to
+        return mask
+
+    def search(
+        self, probes: np.ndarray, layers: tuple[int, ...], metric: str, k: int, flt: Filter
+    ) -> SearchResult:
+        q_all = probes[:, list(layers), :]  # (Q, |S|, 512)
+        nq = len(probes)
+        qn2 = np.einsum("qld,qld->q", q_all, q_all, dtype=np.float64)  # (Q,)
+        if metric == "cosine" and np.any(qn2 == 0):
+            raise InvalidArgument("probe is all zeros over the selected layers: cosine is undefined")
+        with self._lock.read():
+            n = self._n
+            mask = self._admitted(flt)
+            searched = n if mask is None else int(mask.sum())
+            if searched == 0:
+                empty = np.zeros((nq, 0))
+                return SearchResult(empty.astype(np.int64), empty, 0)
+            views = [self._layer(layer) for layer in layers]
+            kk = min(searched, k + self._rerank_extra)
+            cand = self._scan(views, q_all, qn2, layers, metric, kk, n, mask, searched)  # (Q, kk) rows
+            return self._rerank(views, q_all, metric, k, cand, searched)
+
+    def _blocks(self, n: int, mask: np.ndarray | None, searched: int):
+        """Yield (rows, valid): rows is a slice (no copy) or an index array; valid masks excluded rows."""
+        if mask is not None and searched < GATHER_BELOW * n:
+            rows = np.flatnonzero(mask)
+            for s in range(0, len(rows), SCAN_CHUNK):
+                yield rows[s : s + SCAN_CHUNK], None
+            return
+        for s in range(0, n, SCAN_CHUNK):
+            e = min(n, s + SCAN_CHUNK)
+            yield slice(s, e), (None if mask is None else mask[s:e])
+
+    def _scan(self, views, q_all, qn2, layers, metric, kk, n, mask, searched) -> np.ndarray:
+        nq = len(q_all)
+        qT = [np.ascontiguousarray(q_all[:, j, :].T) for j in range(len(layers))]  # (512, Q) each
+        lay = list(layers)
+        best_rows = np.zeros((nq, 0), np.int64)
+        best_cost = np.zeros((nq, 0), np.float32)  # lower is better for both metrics here
+        for rows, valid in self._blocks(n, mask, searched):
+            ip = None
+            for view, q in zip(views, qT):
+                part = view[rows] @ q  # (rows, Q)
+                ip = part if ip is None else ip + part
+            xn2 = self._norm2[rows][:, lay].sum(1)  # (rows,)
+            if metric == "l2":
+                cost = xn2[:, None] - 2.0 * ip  # + ||q||^2, constant per probe
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cost = -ip / np.sqrt(xn2)[:, None]  # / ||q||, constant per probe
+                cost[~np.isfinite(cost)] = 0.0  # zero-norm keys score 0
+            if valid is not None:
+                cost[~valid] = np.inf
+            row_ids = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+            cost = cost.T  # (Q, rows)
+            take = min(kk, cost.shape[1])
+            part_idx = np.argpartition(cost, take - 1, axis=1)[:, :take]
+            best_rows = np.concatenate([best_rows, row_ids[part_idx]], axis=1)
+            best_cost = np.concatenate([best_cost, np.take_along_axis(cost, part_idx, 1)], axis=1)
+            if best_rows.shape[1] > kk:
+                keep = np.argpartition(best_cost, kk - 1, axis=1)[:, :kk]
+                best_rows = np.take_along_axis(best_rows, keep, 1)
+                best_cost = np.take_along_axis(best_cost, keep, 1)
+        # drop masked-out rows that filled the list when fewer than kk rows were admitted
+        return np.where(np.isfinite(best_cost), best_rows, -1)
+
+    def _rerank(self, views, q_all, metric, k, cand, searched) -> SearchResult:
+        nq = len(q_all)
+        kout = min(k, searched)
+        ids = np.full((nq, kout), -1, np.int64)
+        scores = np.zeros((nq, kout), np.float64)
+        for i in range(nq):
+            rows = np.unique(cand[i][cand[i] >= 0])
+            x = np.stack([v[rows] for v in views], axis=1)  # (m, |S|, 512)
+            s = exact_scores(q_all[i], x, metric)
+            key_ids = self._ids[rows]
+            primary = -s if metric == "cosine" else s
+            order = np.lexsort((key_ids, primary))[:kout]  # best first, ties by key id
+            ids[i, : len(order)] = key_ids[order]
+            scores[i, : len(order)] = s[order]
+        return SearchResult(ids, scores, searched)
