@@ -110,22 +110,25 @@ class KeyStoreServer:
         self.store.close()
         log.info("key store stopped")
 
-    def wait(self) -> None:
-        self._stopped.wait()
+    def wait_for_signal(self) -> None:
+        """Block until SIGTERM or SIGINT (main thread only)."""
+        done = threading.Event()
+
+        def on_signal(signum, frame):
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        done.wait()
 
 
 def serve(config: ServerConfig, encoder=None) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
     server = KeyStoreServer(config, encoder=encoder).start()
-    done = threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("signal %s: shutting down", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     print(f"facekeys key store listening on {server.address}"
           + (f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""), flush=True)
-    done.wait()
-    server.stop()
+    try:
+        server.wait_for_signal()
+    finally:
+        server.stop()

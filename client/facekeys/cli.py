@@ -1,0 +1,336 @@
+"""`facekeys` command line. Subcommands that need the server extra (serve, demo) or other extras
+(index, recover-serve, bench) import them lazily, so the client-only install stays light.
+
+Every failure prints one line `facekeys: error: ...` to stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from facekeys.errors import FacekeysError, InvalidArgument
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'64G', '512M', '1048576' -> bytes."""
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if t and t[-1] in _SUFFIX:
+            return int(float(t[:-1]) * _SUFFIX[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64G, 512M)") from None
+
+
+# -- server-side commands ---------------------------------------------------------------------------
+def _server_config(args):
+    from facekeys.server import ServerConfig
+    from facekeys.store import StoreConfig
+
+    store = StoreConfig(map_size=args.map_size, cosine_threshold=args.cosine_threshold,
+                        l2_threshold=args.l2_threshold)
+    return ServerConfig(
+        data_dir=Path(args.data_dir), host=args.host, port=args.port, metrics_port=args.metrics_port,
+        workers=args.workers, default_layers=args.default_layers,
+        encoder_checkpoint=Path(args.encoder_checkpoint) if args.encoder_checkpoint else None, store=store,
+    )
+
+
+def _load_encoder(config):
+    if config.encoder_checkpoint is None:
+        return None
+    from facekeys.server.images import ServerImageEncoder
+
+    return ServerImageEncoder.load(config.encoder_checkpoint)
+
+
+def cmd_serve(args) -> int:
+    from facekeys.server import serve
+    from facekeys.server.logs import setup_logging
+
+    setup_logging(args.log_level)
+    config = _server_config(args)
+    serve(config, encoder=_load_encoder(config))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Serve the embedded default and run a short scripted enrol + match against it."""
+    from facekeys.bench.synthetic import SyntheticConfig, make_workload
+    from facekeys.client import Client
+    from facekeys.records import NewKey, Where
+    from facekeys.server import KeyStoreServer
+    from facekeys.server.logs import setup_logging
+
+    setup_logging("WARNING")
+    server = KeyStoreServer(_server_config(args)).start()
+    print(f"key store serving on {server.address} (data in {args.data_dir}; "
+          f"metrics on http://{args.host}:{server.metrics_port}/metrics)")
+    try:
+        data = make_workload(SyntheticConfig(identities=200, impostors=3, seed=7))
+        with Client(server.address) as client:
+            keys = [NewKey(latent, "synthetic-demo", identity_id=f"person-{label:04d}",
+                           where=Where("cam-01", "demo-video", f"track-{i}", 1.7e9 + i, 1.7e9 + i + 4,
+                                       np.array([[0, 10, 10, 64, 64]])))
+                    for i, (latent, label) in enumerate(zip(data.gallery, data.gallery_labels))]
+            for acks in client.enroll_stream([keys[i:i + 50] for i in range(0, len(keys), 50)]):
+                pass
+            print(f"enrolled {len(keys)} synthetic keys (SYNTHETIC latents, no face model involved); "
+                  f"store now holds {client.stats().keys}")
+            picks = [0, 1, 2, len(data.probes) - 1]
+            for p in picks:
+                r = client.match(data.probes[p], "synthetic-demo", layers="high:4", metric="cosine", top_k=3)
+                best = r.results[0].hits[0]
+                truth = (f"person-{data.probe_labels[p]:04d}" if data.probe_labels[p] < 200 else "an impostor")
+                print(f"probe of {truth:>12}: {'ACCEPTED' if r.results[0].accepted else 'refused '} "
+                      f"best {best.identity_id} cosine={best.score:.3f} (threshold {r.threshold:.2f}, layers 1-4)")
+        if args.exit:
+            return 0
+        print("serving; Ctrl-C to stop")
+        server.wait_for_signal()
+        return 0
+    finally:
+        server.stop()
+
+
+# -- client commands --------------------------------------------------------------------------------
+def _client(args):
+    from facekeys.client import Client
+
+    return Client(args.server, timeout=args.timeout)
+
+
+def _load_latents(path: str) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InvalidArgument(f"cannot read {path}: {e}") from None
+    return a
+
+
+def cmd_enroll(args) -> int:
+    from facekeys.records import NewKey, Obfuscation, Where
+
+    latents = _load_latents(args.latents)
+    if latents.ndim == 2:
+        latents = latents[None]
+    boxes = _load_boxes(args.boxes) if args.boxes else np.zeros((0, 5), np.int32)
+    where = Where(args.camera, args.video, args.track, args.t_start, args.t_end, boxes)
+    keys = [NewKey(lat, args.encoder_id, args.identity, where, Obfuscation(args.obfuscation, args.strength))
+            for lat in latents]
+    with _client(args) as client:
+        for k in client.enroll(keys):
+            print(json.dumps({"key_id": k.key_id, "identity_id": k.identity_id}))
+    return 0
+
+
+def _load_boxes(path: str) -> np.ndarray:
+    try:
+        return np.loadtxt(path, delimiter=",", ndmin=2) if path.endswith((".csv", ".txt")) else np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise InvalidArgument(f"cannot read boxes from {path}: {e}") from None
+
+
+def cmd_match(args) -> int:
+    from facekeys.records import Filter
+
+    probes = _load_latents(args.probe)
+    flt = Filter(tuple(args.camera or ()), tuple(args.identity or ()), args.t_from, args.t_to)
+    with _client(args) as client:
+        r = client.match(probes, args.encoder_id, args.layers, args.metric, args.top_k, args.threshold, flt)
+    for i, p in enumerate(r.results):
+        print(json.dumps({
+            "probe": i, "decision": "accepted" if p.accepted else "refused", "metric": r.metric,
+            "threshold": r.threshold, "searched": r.searched,
+            "hits": [{"key_id": h.key_id, "identity_id": h.identity_id, "score": h.score, "camera_id": h.camera_id,
+                      "video_id": h.video_id, "track_id": h.track_id} for h in p.hits],
+        }))
+    return 0
+
+
+def cmd_get(args) -> int:
+    with _client(args) as client:
+        rec = client.get(args.key_id, include_latent=bool(args.latent_out))
+    if args.latent_out:
+        np.save(args.latent_out, rec.latent)
+    w = rec.where
+    print(json.dumps({
+        "key_id": rec.key_id, "identity_id": rec.identity_id, "encoder_id": rec.encoder_id,
+        "camera_id": w.camera_id, "video_id": w.video_id, "track_id": w.track_id, "t_start": w.t_start,
+        "t_end": w.t_end, "boxes": np.asarray(w.boxes).tolist(), "obfuscation": rec.obfuscation.method,
+        "attributes": dict(rec.attributes), "created_at": rec.created_at,
+    }))
+    return 0
+
+
+def cmd_delete(args) -> int:
+    with _client(args) as client:
+        ids = client.delete_identity(args.identity) if args.identity else client.delete_key(args.key)
+    print(json.dumps({"deleted_key_ids": ids}))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    with _client(args) as client:
+        s = client.stats()
+    print(json.dumps({"keys": s.keys, "identities": s.identities, "keys_by_encoder": dict(s.keys_by_encoder),
+                      "index_bytes": s.index_bytes, "lmdb_used_bytes": s.lmdb_used_bytes,
+                      "lmdb_map_bytes": s.lmdb_map_bytes, "index_mode": s.index_mode}))
+    return 0
+
+
+def cmd_identities(args) -> int:
+    with _client(args) as client:
+        page, next_after = client.list_identities(args.after, args.limit)
+    for identity, count in page:
+        print(json.dumps({"identity_id": identity, "keys": count}))
+    if next_after:
+        print(json.dumps({"next_after": next_after}))
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------------
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default="facekeys-data", help="data directory (LMDB lives in DATA_DIR/lmdb)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port (0 = any free port)")
+    p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port (-1 = off, 0 = any)")
+    p.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
+    p.add_argument("--map-size", type=parse_size, default=parse_size("64G"), help="LMDB map size (e.g. 64G)")
+    p.add_argument("--default-layers", default="high:4", help="layer subset when a Match names none")
+    p.add_argument("--cosine-threshold", type=float, default=0.80, help="default accept threshold (cosine >=)")
+    p.add_argument("--l2-threshold", type=float, default=30.0, help="default accept threshold (L2 <=)")
+    p.add_argument("--encoder-checkpoint", help="psp_ffhq_encode.pt: enables image Enroll/Match")
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=DEFAULT_SERVER, help=f"key store address (default {DEFAULT_SERVER})")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+
+
+_DELEGATED = {  # subcommands implemented by other packages: facekeys <name> ... -> module.main(argv)
+    "index": ("facekeys.indexer.cli", "indexer"),
+    "recover-serve": ("facekeys.recovery.cli", "models"),
+    "bench": ("facekeys.bench.cli", "bench"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facekeys", description="Privacy-preserving face key store")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the key store service (LMDB + FAISS in a data directory)")
+    _server_flags(p)
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="serve the embedded default and run a scripted enrol + match")
+    _server_flags(p)
+    p.add_argument("--exit", action="store_true", help="stop after the scripted part instead of serving on")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("enroll", help="enrol latents from a .npy file ((18,512) or (N,18,512))")
+    _client_flags(p)
+    p.add_argument("latents")
+    p.add_argument("--encoder-id", required=True)
+    p.add_argument("--identity", default="", help="identity id (default: a new identity per key)")
+    p.add_argument("--camera", default="")
+    p.add_argument("--video", default="")
+    p.add_argument("--track", default="")
+    p.add_argument("--t-start", type=float, default=0.0)
+    p.add_argument("--t-end", type=float, default=0.0)
+    p.add_argument("--boxes", help=".npy or .csv of (M,5) rows: frame_index,x,y,w,h")
+    p.add_argument("--obfuscation", default="mosaic")
+    p.add_argument("--strength", type=float, default=0.0)
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("match", help="match probe latents from a .npy file")
+    _client_flags(p)
+    p.add_argument("probe")
+    p.add_argument("--encoder-id", required=True)
+    p.add_argument("--layers", default="high:4", help="paper layers: 1-4, 1,2,5, high:k, low:k, all")
+    p.add_argument("--metric", choices=("cosine", "l2"), default="cosine")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--threshold", type=float, help="default: the server's")
+    p.add_argument("--camera", action="append", help="only keys from this camera (repeatable)")
+    p.add_argument("--identity", action="append", help="only keys of this identity (repeatable)")
+    p.add_argument("--t-from", type=float, default=0.0)
+    p.add_argument("--t-to", type=float, default=0.0)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("get", help="show one key's record")
+    _client_flags(p)
+    p.add_argument("key_id", type=int)
+    p.add_argument("--latent-out", help="write the latent to this .npy file")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("delete", help="delete a key or a whole identity")
+    _client_flags(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key", type=int)
+    g.add_argument("--identity")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("stats", help="key store statistics")
+    _client_flags(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("identities", help="list identities with their key counts")
+    _client_flags(p)
+    p.add_argument("--after", default="")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=cmd_identities)
+
+    for name, (module, extra) in _DELEGATED.items():
+        p = sub.add_parser(name, help=f"see `facekeys {name} --help` (needs facekeys[{extra}])", add_help=False)
+        p.set_defaults(func=None, delegate=(module, extra))
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        module, extra = _DELEGATED[argv[0]]
+        return _run(lambda: _delegate(module, extra, argv[1:]))
+    args = build_parser().parse_args(argv)
+    return _run(lambda: args.func(args))
+
+
+def _delegate(module: str, extra: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise InvalidArgument(f"this command needs `pip install facekeys[{extra}]` ({e})") from None
+    return mod.main(argv)
+
+
+def _run(fn: Callable[[], int]) -> int:
+    try:
+        return fn() or 0
+    except FacekeysError as e:
+        print(f"facekeys: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"facekeys: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except ImportError as e:
+        print(f"facekeys: error: missing dependency ({e}); install the extra, e.g. pip install 'facekeys[server]'",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
