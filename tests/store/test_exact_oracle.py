@@ -1,0 +1,139 @@
+"""Exact search equals a brute-force numpy oracle (float64, concatenated layers), ties aside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from facekeys.layers import parse_layers
+from facekeys.store import Filter, KeyStore, MatchQuery, NewKey, StoreConfig, Where
+
+from fkhelpers import random_keys
+
+
+def oracle(gallery: np.ndarray, probe: np.ndarray, layers, metric: str) -> np.ndarray:
+    """Scores of one probe (18, 512) against gallery (N, 18, 512) on the concatenation of `layers`."""
+    x = gallery[:, list(layers), :].astype(np.float64).reshape(len(gallery), -1)
+    q = probe[list(layers), :].astype(np.float64).ravel()
+    if metric == "l2":
+        return np.linalg.norm(x - q, axis=1)
+    return (x @ q) / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
+
+
+def assert_topk_matches_oracle(hits, scores_by_key: dict, k: int, metric: str, tol: float = 1e-6):
+    """Tie-aware: returned scores are the oracle's scores of those keys, in order, and they are the k best
+    oracle values (any key strictly better than the k-th returned score must be among the hits)."""
+    sign = -1.0 if metric == "cosine" else 1.0
+    ordered = sorted(scores_by_key.values(), key=lambda s: sign * s)
+    expect = ordered[:k]
+    got_scores = [h.score for h in hits]
+    assert len(hits) == min(k, len(scores_by_key))
+    for h in hits:
+        assert h.score == pytest.approx(scores_by_key[h.key_id], abs=tol, rel=tol)
+    np.testing.assert_allclose(got_scores, expect, atol=tol, rtol=tol)
+    kth = got_scores[-1]
+    must = {kid for kid, s in scores_by_key.items() if sign * s < sign * kth - tol}
+    assert must <= {h.key_id for h in hits}
+
+
+def enrol(store, gallery, identities=None, cameras=None, times=None):
+    keys = [
+        NewKey(g, "enc", identity_id=(identities[i] if identities else f"id{i}"),
+               where=Where(cameras[i] if cameras else "cam", "vid", str(i),
+                           *(times[i] if times else (0.0, 0.0))))
+        for i, g in enumerate(gallery)
+    ]
+    return [k.key_id for k in store.enroll(keys)]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("layers", ["high:1", "high:4", "high:9", "all", "low:3", "1,5,18"])
+def test_exact_equals_oracle(store_factory, metric, layers):
+    store = store_factory()
+    gallery = random_keys(300, seed=1)
+    ids = enrol(store, gallery)
+    probes = gallery[:8] + 0.3 * random_keys(8, seed=2)
+    r = store.match(MatchQuery.build(probes, "enc", layers, metric, top_k=10))
+    sel = parse_layers(layers)
+    for probe, pr in zip(probes, r.results):
+        scores = dict(zip(ids, oracle(gallery, probe, sel, metric)))
+        assert_topk_matches_oracle(pr.hits, scores, 10, metric)
+    assert r.searched == 300
+
+
+def test_chunked_scan_equals_oracle(store_factory, monkeypatch):
+    """Galleries larger than one scan chunk merge partial top-k lists correctly."""
+    from facekeys.store import vectors
+
+    monkeypatch.setattr(vectors, "SCAN_CHUNK", 64)
+    store = store_factory()
+    gallery = random_keys(500, seed=3)
+    ids = enrol(store, gallery)
+    probes = gallery[[7, 250, 499]] + 0.2 * random_keys(3, seed=4)
+    for metric in ("cosine", "l2"):
+        r = store.match(MatchQuery.build(probes, "enc", "high:6", metric, top_k=25))
+        for probe, pr in zip(probes, r.results):
+            assert_topk_matches_oracle(pr.hits, dict(zip(ids, oracle(gallery, probe, range(6), metric))), 25, metric)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 40),
+    layer_list=st.lists(st.integers(1, 18), min_size=1, max_size=18),
+    metric=st.sampled_from(["cosine", "l2"]),
+    k=st.integers(1, 12),
+    dup=st.integers(0, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_property_random_subsets(tmp_path_factory, n, layer_list, metric, k, dup, seed):
+    """Random subsets, sizes and duplicated keys (exact ties) against the oracle."""
+    base = random_keys(n, seed=seed)
+    gallery = np.concatenate([base, base[: min(dup, n)]])  # duplicates create exact ties
+    probe = base[seed % n] + 0.5 * random_keys(1, seed=seed + 1)[0]
+    config = StoreConfig(map_size=1 << 28, durable=False)
+    with KeyStore.open(tmp_path_factory.mktemp("prop"), config) as store:
+        ids = enrol(store, gallery)
+        r = store.match(MatchQuery.build(probe, "enc", layer_list, metric, top_k=k))
+    scores = dict(zip(ids, oracle(gallery, probe, parse_layers(layer_list), metric)))
+    assert_topk_matches_oracle(r.results[0].hits, scores, k, metric)
+
+
+def test_ties_break_by_key_id(store_factory):
+    store = store_factory()
+    key = random_keys(1, seed=5)[0]
+    ids = enrol(store, np.stack([key] * 5))
+    r = store.match(MatchQuery.build(key, "enc", "all", "l2", top_k=5))
+    assert [h.key_id for h in r.results[0].hits] == sorted(ids)
+    assert all(h.score == pytest.approx(0.0, abs=1e-9) for h in r.results[0].hits)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_filters_equal_oracle_on_subset(store_factory, metric):
+    store = store_factory()
+    n = 400
+    gallery = random_keys(n, seed=6)
+    rng = np.random.default_rng(7)
+    cams = [f"cam{c}" for c in rng.integers(0, 4, n)]
+    idents = [f"p{c}" for c in rng.integers(0, 50, n)]
+    t0 = rng.uniform(0, 1000, n)
+    times = [(a, a + 10) for a in t0]
+    ids = np.array(enrol(store, gallery, idents, cams, times))
+    probe = gallery[3] + 0.4 * random_keys(1, seed=8)[0]
+    cases = [
+        (Filter(camera_ids=("cam1",)), np.array([c == "cam1" for c in cams])),
+        (Filter(camera_ids=("cam1", "cam3")), np.array([c in ("cam1", "cam3") for c in cams])),
+        (Filter(identity_ids=("p7",)), np.array([i == "p7" for i in idents])),  # very selective: gather path
+        (Filter(t_from=200.0, t_to=300.0), (t0 + 10 >= 200) & (t0 <= 300)),
+        (Filter(camera_ids=("cam0",), t_from=500.0), np.array([c == "cam0" for c in cams]) & (t0 + 10 >= 500)),
+        (Filter(camera_ids=("nope",)), np.zeros(n, bool)),
+    ]
+    for flt, mask in cases:
+        r = store.match(MatchQuery.build(probe, "enc", "high:4", metric, top_k=5, filter=flt))
+        assert r.searched == mask.sum()
+        if mask.sum() == 0:
+            assert r.results[0].hits == () and not r.results[0].accepted
+            continue
+        scores = dict(zip(ids[mask].tolist(), oracle(gallery[mask], probe, range(4), metric)))
+        assert_topk_matches_oracle(r.results[0].hits, scores, 5, metric)

@@ -1,0 +1,64 @@
+"""The `facekeys` command line against a real server: outputs, and one-line errors with non-zero exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from fkhelpers import random_keys
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "facekeys.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=60)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_enrol_match_get_delete_stats(server_factory, tmp_path):
+    srv = server_factory()
+    x = random_keys(3, seed=1)
+    np.save(tmp_path / "keys.npy", x)
+    np.save(tmp_path / "probe.npy", x[1] + 0.01)
+    np.savetxt(tmp_path / "boxes.csv", [[0, 1, 2, 30, 40], [1, 2, 3, 30, 40]], delimiter=",", fmt="%d")
+    out = run("enroll", tmp_path / "keys.npy", "--server", srv.address, "--encoder-id", "enc", "--identity", "ann",
+              "--camera", "cam9", "--boxes", tmp_path / "boxes.csv").stdout
+    ids = [json.loads(line)["key_id"] for line in out.splitlines()]
+    assert ids == [1, 2, 3]
+    res = json.loads(run("match", tmp_path / "probe.npy", "--server", srv.address, "--encoder-id", "enc",
+                         "--layers", "1-4", "--top-k", "2").stdout)
+    assert res["decision"] == "accepted" and res["hits"][0]["key_id"] == 2 and len(res["hits"]) == 2
+    rec = json.loads(run("get", 2, "--server", srv.address, "--latent-out", tmp_path / "k.npy").stdout)
+    assert rec["camera_id"] == "cam9" and rec["boxes"] == [[0, 1, 2, 30, 40], [1, 2, 3, 30, 40]]
+    np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), x[1])
+    assert json.loads(run("delete", "--identity", "ann", "--server", srv.address).stdout) == {
+        "deleted_key_ids": [1, 2, 3]}
+    assert json.loads(run("stats", "--server", srv.address).stdout)["keys"] == 0
+
+
+def test_errors_are_one_line_and_nonzero(server_factory, tmp_path):
+    srv = server_factory()
+    np.save(tmp_path / "bad.npy", np.zeros((18, 500), np.float32))
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    cases = [
+        ("enroll", tmp_path / "bad.npy", "--server", srv.address, "--encoder-id", "e"),
+        ("enroll", tmp_path / "junk.npy", "--server", srv.address, "--encoder-id", "e"),
+        ("enroll", tmp_path / "missing.npy", "--server", srv.address, "--encoder-id", "e"),
+        ("match", tmp_path / "bad.npy", "--server", srv.address, "--encoder-id", "e", "--layers", "5-2"),
+        ("get", 12345, "--server", srv.address),
+        ("stats", "--server", "127.0.0.1:1", "--timeout", "2"),
+    ]
+    for args in cases:
+        p = run(*args, check=False)
+        assert p.returncode == 1, args
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("facekeys: error: "), p.stderr
+
+
+def test_demo_runs_the_scripted_job(tmp_path):
+    p = run("demo", "--data-dir", tmp_path / "d", "--port", 0, "--metrics-port", -1, "--exit")
+    assert "enrolled 200 synthetic keys" in p.stdout
+    assert p.stdout.count("ACCEPTED") == 3 and p.stdout.count("refused") == 1
