@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# facekeys recovery service, CUDA variant (StyleGAN2 generator on the GPU). From the repository root:
+#   docker build -f deploy/docker/recovery-cuda.Dockerfile -t facekeys/recovery:0.1.0-cuda .
+# The generator checkpoint is not in the image: mount it read-only at /models (see deploy/compose.yaml).
+# `facekeys recover-serve` ships with the recovery issue; until then this image builds but exits at start.
+
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/facekeys
+ENV PATH=/opt/facekeys/bin:$PATH
+WORKDIR /src
+COPY deploy/docker/constraints.txt /tmp/constraints.txt
+# CUDA torch from PyPI: its wheels carry the CUDA runtime, cuDNN and cuBLAS as nvidia-* packages, so a
+# slim base is enough; the host needs only the NVIDIA driver + container toolkit (docker run --gpus all).
+RUN pip install --no-cache-dir torch==2.13.0
+COPY pyproject.toml setup.py MANIFEST.in README* ./
+COPY proto ./proto
+COPY client ./client
+COPY server ./server
+COPY indexer ./indexer
+COPY benchmarks ./benchmarks
+RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[server,models]"
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="facekeys-recovery" \
+      org.opencontainers.image.description="facekeys recovery service (StyleGAN2 generator), CUDA" \
+      org.opencontainers.image.licenses="MIT"
+RUN groupadd --system --gid 10001 facekeys \
+ && useradd --system --uid 10001 --gid facekeys --home-dir /data --no-create-home --shell /usr/sbin/nologin facekeys \
+ && mkdir -p /data /models /etc/facekeys \
+ && chown facekeys:facekeys /data
+COPY --from=build /opt/facekeys /opt/facekeys
+COPY --chmod=0755 deploy/docker/entrypoint.py /usr/local/bin/facekeys-entrypoint
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/facekeys-health
+COPY deploy/config/recover-serve.toml /etc/facekeys/recover-serve.toml
+ENV PATH=/opt/facekeys/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    FACEKEYS_HOST=0.0.0.0 \
+    FACEKEYS_HEALTH_COMMAND=recover-serve \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 50052 9101
+# Loading the generator and the first CUDA context take a while.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
+  CMD ["facekeys-health"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["facekeys-entrypoint"]
+CMD ["recover-serve"]
