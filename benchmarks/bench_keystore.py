@@ -1,0 +1,168 @@
+"""Key store engine benchmarks (issue 2): exact Match latency vs a plain numpy scan and the memory-
+bandwidth bound, and durable Enroll throughput over gRPC streaming.
+
+    python benchmarks/bench_keystore.py --sizes 10000 100000 --out benchmarks/results/keystore.md
+
+Synthetic random latents (the engine's speed does not depend on what the latents mean).
+Warm-up, then `--repeats` timed runs per case; median and p99 are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facekeys.dims import DIM, N_LAYERS
+from facekeys.layers import parse_layers
+from facekeys.records import MatchQuery, NewKey
+from facekeys.store import KeyStore, StoreConfig
+
+SUBSETS = ("high:1", "high:4", "high:9", "all")
+
+
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Best read bandwidth (bytes/s) over: one-thread sum, two-thread sums, a BLAS GEMV."""
+    a = np.ones(int(gib * (1 << 30)) // 4, np.float32)
+    half = len(a) // 2
+    m = a.reshape(-1, 1024)
+    v = np.ones(1024, np.float32)
+
+    def two_threads():
+        ts = [threading.Thread(target=np.add.reduce, args=(a[:half],)),
+              threading.Thread(target=np.add.reduce, args=(a[half:],))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    best = 0.0
+    for fn in (lambda: np.add.reduce(a), two_threads, lambda: m @ v):
+        fn()
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            best = max(best, a.nbytes / (time.perf_counter() - t))
+    return best
+
+
+def timed(fn, warmup: int, repeats: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return np.array(out)
+
+
+def numpy_scan(x: np.ndarray, q: np.ndarray, layers: tuple, metric: str, k: int):
+    """The plain baseline: concatenated-layer scores over a (N, 18, 512) array, then top-k."""
+    lay = list(layers)
+    if lay == list(range(lay[0], lay[-1] + 1)):
+        xs = x[:, lay[0]:lay[-1] + 1, :].reshape(len(x), -1)  # a strided view, no copy
+    else:
+        xs = x[:, lay, :].reshape(len(x), -1)
+    qs = q[:, lay, :].reshape(len(q), -1)
+    ip = xs @ qs.T  # (N, Q)
+    xn = np.einsum("nd,nd->n", xs, xs)
+    if metric == "l2":
+        cost = xn[:, None] - 2 * ip
+    else:
+        cost = -ip / np.sqrt(xn)[:, None]
+    return np.argpartition(cost, k, axis=0)[:k]
+
+
+def build_store(path: Path, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cfg = StoreConfig(map_size=int(n * 40_000 * 1.3) + (64 << 20), durable=False)
+    store = KeyStore.open(path, cfg)
+    x = np.empty((n, N_LAYERS, DIM), np.float32)
+    mean = rng.standard_normal((N_LAYERS, DIM)).astype(np.float32)
+    for s in range(0, n, 4096):
+        e = min(n, s + 4096)
+        x[s:e] = mean + 0.7 * rng.standard_normal((e - s, N_LAYERS, DIM), dtype=np.float32)
+        store.enroll([NewKey(v, "bench") for v in x[s:e]])
+    return store, x
+
+
+def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
+    lines += ["", "| N | layers | metric | batch | engine p50 ms | engine p99 ms | numpy p50 ms | engine/numpy "
+              "| bytes scanned | bound ms | p50/bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in sizes:
+        store, x = build_store(Path(workdir) / f"n{n}", n)
+        rng = np.random.default_rng(1)
+        probes = x[rng.integers(0, n, 64)] + 0.1 * rng.standard_normal((64, N_LAYERS, DIM), dtype=np.float32)
+        for subset in SUBSETS:
+            layers = parse_layers(subset)
+            for metric in ("cosine", "l2"):
+                for batch in (1, 64):
+                    q = probes[:batch]
+                    query = MatchQuery(probes=q, encoder_id="bench", layers=layers, metric=metric, top_k=10)
+                    eng = timed(lambda: store.match(query), warmup, repeats if batch == 1 else max(3, repeats // 4))
+                    base = timed(lambda: numpy_scan(x, q, layers, metric, 10), warmup,
+                                 repeats if batch == 1 else max(3, repeats // 4))
+                    scanned = n * len(layers) * DIM * 4
+                    bound = scanned / bandwidth
+                    p50, p99 = np.median(eng), np.percentile(eng, 99)
+                    lines.append(
+                        f"| {n:,} | {subset} | {metric} | {batch} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | "
+                        f"{np.median(base) * 1e3:.2f} | {p50 / np.median(base):.2f} | {scanned / 1e6:.0f} MB | "
+                        f"{bound * 1e3:.2f} | {p50 / bound:.2f} |")
+                    print(lines[-1], flush=True)
+        store.close()
+        del x
+
+
+def bench_enroll(workdir, n_keys, batch_sizes, lines):
+    from facekeys.client import Client
+    from facekeys.server import KeyStoreServer, ServerConfig
+
+    lines += ["", "| batch (keys per stream message) | keys | seconds | keys/s (durable, fsync per batch) |",
+              "|---|---|---|---|"]
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n_keys, N_LAYERS, DIM), dtype=np.float32)
+    for b in batch_sizes:
+        srv = KeyStoreServer(ServerConfig(data_dir=Path(workdir) / f"enroll{b}", port=0, metrics_port=-1,
+                                          store=StoreConfig(map_size=4 << 30, durable=True))).start()
+        keys = [NewKey(v, "bench") for v in x]
+        with Client(srv.address) as c:
+            c.enroll(keys[:b])  # warm-up
+            t = time.perf_counter()
+            count = sum(len(a) for a in c.enroll_stream(keys[i:i + b] for i in range(b, n_keys, b)))
+            dt = time.perf_counter() - t
+        srv.stop()
+        lines.append(f"| {b} | {count} | {dt:.2f} | {count / dt:,.0f} |")
+        print(lines[-1], flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--enroll-keys", type=int, default=4000)
+    ap.add_argument("--enroll-batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument("--workdir", help="where the temporary stores go (default: a temp dir)")
+    ap.add_argument("--out", help="also write the Markdown here")
+    args = ap.parse_args()
+    bw = memory_bandwidth()
+    lines = [f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}; "
+             f"measured read bandwidth {bw / 1e9:.1f} GB/s (best of 1-thread sum, 2-thread sum, GEMV)"]
+    print(lines[0], flush=True)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        bench_match(args.sizes, args.repeats, args.warmup, bw, tmp, lines)
+        bench_enroll(tmp, args.enroll_keys, args.enroll_batches, lines)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
