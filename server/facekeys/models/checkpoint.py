@@ -202,6 +202,8 @@ def load_psp(
         raise CheckpointError(f"{what}: no 'state_dict' dict at the top level (keys: {sorted(ckpt)[:8]})")
     ecfg = encoder_config or _random_config(ckpt, "encoder", OFFICIAL_ENCODER, EncoderConfig)
     gcfg = generator_config or _random_config(ckpt, "generator", OFFICIAL_GENERATOR, GeneratorConfig)
+    if gcfg.n_latent != ecfg.n_styles or gcfg.style_dim != ecfg.style_dim:
+        raise CheckpointError(f"{what}: encoder gives {ecfg.n_styles} styles but the decoder takes {gcfg.n_latent}")
     strays = [k for k in sd if not (k.startswith("encoder.") or k.startswith("decoder."))]
     if strays:
         raise CheckpointError(f"{what}: unexpected key '{strays[0]}' (neither encoder.* nor decoder.*)")
@@ -211,7 +213,7 @@ def load_psp(
     g_state = _check_state_dict(sd, g_exp, prefix="decoder.", what=what, fill=_kernel_fill(g_exp, gcfg))
     if "latent_avg" not in ckpt:
         raise CheckpointError(f"{what}: no 'latent_avg' (the ffhq_encode model starts from the average latent)")
-    latent_avg = _latent_avg_rows(ckpt["latent_avg"], gcfg.n_latent, ecfg.style_dim, what)
+    latent_avg = _latent_avg_rows(ckpt["latent_avg"], ecfg.n_styles, ecfg.style_dim, what)
     opts = ckpt.get("opts")
     opts = dict(opts) if isinstance(opts, Mapping) else {}
     dev = _device(device)
