@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 DEFAULT_PORTS = {"serve": 50051, "recover-serve": 50052}
 
