@@ -5,6 +5,7 @@
                              [--encoder CKPT] [--gallery-landmarks GL.npy] [--probe-landmarks PL.npy]
                              [--impostor-landmarks IL.npy])
                           --out DIR [--metrics cosine,l2] [--target-far 1e-3] [--threshold-layers high:4]
+                          [--subsets high:1,low:4,...] [--batch 256]
     facekeys bench fidelity --generator CKPT --images I.npy (--latents L.npy | --encoder CKPT)
                             [--latent-avg A.npy] --out DIR [--ks 1,2,4,9,18] [--families high,low] [--limit N]
 
@@ -23,7 +24,9 @@ from typing import Sequence
 from facekeys.errors import InvalidArgument
 from facekeys.records import METRICS
 
-from .recall import RecallConfig, RecallData, encode_images, load_encoder, load_labels, load_latents, run_recall
+from .recall import (
+    RecallConfig, RecallData, encode_images, load_encoder, load_labels, load_latents, run_recall, subsets_from_specs,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +64,7 @@ def _parser() -> _Parser:
     r.add_argument("--metrics", type=_metrics, default=METRICS, help="comma list of cosine,l2 (default both)")
     r.add_argument("--target-far", type=float, default=1e-3, help="FAR for the recommended threshold (1e-3)")
     r.add_argument("--threshold-layers", default="high:4", help="subset of the recommendation (server default_layers)")
+    r.add_argument("--subsets", help="comma list like high:1,low:4 (default: the paper's 36 subsets)")
     r.add_argument("--batch", type=int, default=256, help="probes per KeyStore.match call")
     r.add_argument("--quiet", action="store_true", help="no per-subset progress lines")
 
@@ -126,8 +130,9 @@ def recall_data(args) -> RecallData:
 def cmd_recall(args) -> int:
     from .report import recommendation_text, write_all
 
+    extra = {} if args.subsets is None else {"subsets": subsets_from_specs(args.subsets.split(","))}
     config = RecallConfig(metrics=args.metrics, target_far=args.target_far,
-                          threshold_layers=args.threshold_layers, batch=args.batch)
+                          threshold_layers=args.threshold_layers, batch=args.batch, **extra)
     data = recall_data(args)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_recall(data, config, progress)
