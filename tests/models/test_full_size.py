@@ -16,7 +16,7 @@ from facekeys.models.stylegan2 import OFFICIAL_GENERATOR
 
 
 @pytest.mark.slow
-def test_full_encoder_and_generator_forward(tmp_path, rng, psp_keys):
+def test_full_encoder_and_generator_forward(tmp_path, rng):
     path = save_random_psp_checkpoint(tmp_path / "psp_ffhq_encode.pt", seed=0)
     assert path.stat().st_size > 1.1e9  # about 1.2 GB like the official file
 

@@ -140,10 +140,14 @@ def _kernel_fill(expected: Mapping[str, torch.Tensor], config: GeneratorConfig) 
 
 
 def _build(module_cls, config, state: Mapping[str, torch.Tensor], device: torch.device) -> nn.Module:
-    """Instantiate on the meta device and adopt the checked tensors (no random init, no double copy)."""
+    """Instantiate on the meta device and adopt copies of the checked tensors (no random init).
+
+    The copies detach the weights from the memory-mapped file, so replacing the file later cannot
+    invalidate a loaded model.
+    """
     with torch.device("meta"):
         module = module_cls(config)
-    moved = {k: v.to(device) for k, v in state.items()}
+    moved = {k: v.to(device=device, copy=True) for k, v in state.items()}
     module.load_state_dict(moved, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
