@@ -65,3 +65,25 @@ def test_unavailable_metrics_are_skipped_with_a_reason():
             assert name not in scorers and "skipped" in skipped[name]
         else:
             assert name in scorers or "skipped" in skipped[name]
+
+
+@pytest.mark.slow
+def test_fidelity_cli_with_random_generator_weights(tmp_path, capsys):
+    """Plumbing only: random-init thin StyleGAN2 (1024 px out) from facekeys.models; numbers mean nothing."""
+    pytest.importorskip("torch")
+    from facekeys.bench.cli import main
+    from facekeys.models.checkpoint import save_random_stylegan2_checkpoint
+    from facekeys.models.stylegan2 import GeneratorConfig
+
+    ckpt = save_random_stylegan2_checkpoint(tmp_path / "g.pt", seed=3, config=GeneratorConfig(
+        channels=(8, 8, 8, 8, 8, 4, 4, 4, 4)))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "img.npy", rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8))
+    np.save(tmp_path / "lat.npy", rng.standard_normal((1, 18, 512)).astype(np.float32))
+    rc = main(["fidelity", "--generator", str(ckpt), "--images", str(tmp_path / "img.npy"), "--latents",
+               str(tmp_path / "lat.npy"), "--out", str(tmp_path / "o"), "--ks", "1,18", "--families", "high"])
+    assert rc == 0
+    lines = (tmp_path / "o" / "fidelity.csv").read_text().splitlines()
+    assert lines[0].startswith("family,k,layers,images,pixel_l2") and len(lines) == 3
+    assert all(0.0 <= float(ln.split(",")[4]) <= 4.0 for ln in lines[1:])
+    assert (tmp_path / "o" / "fidelity.png").is_file()
