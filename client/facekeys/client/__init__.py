@@ -1,5 +1,5 @@
 """Python client of the facekeys key store: numpy in, dataclasses out. Needs only grpcio, protobuf, numpy."""
 
-from .client import Client, EnrollStream
+from .client import Client, EnrollStream, open_channel
 
-__all__ = ["Client", "EnrollStream"]
+__all__ = ["Client", "EnrollStream", "open_channel"]

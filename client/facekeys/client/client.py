@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from facekeys import wire
-from facekeys.errors import BY_CODE, FacekeysError
+from facekeys.errors import BY_CODE, FacekeysError, InvalidArgument
 from facekeys.layers import LayerSpec, format_layers, parse_layers
 from facekeys.records import EnrolledKey, Filter, KeyRecord, MatchResult, NewKey, StoreStats
 from facekeys.v1 import keystore_pb2 as pb
@@ -50,15 +50,69 @@ def _translated(fn):
     return wrapper
 
 
+def open_channel(target: str, *, token: Optional[str] = None, tls_ca: Optional[bytes] = None,
+                 client_cert: Optional[bytes] = None, client_key: Optional[bytes] = None,
+                 max_message_bytes: int = 64 * MiB) -> grpc.Channel:
+    """A channel to a facekeys service. TLS when `tls_ca` is given (PEM bytes of the CA that signed the
+    server certificate; `client_cert`/`client_key` for mutual TLS); a bearer `token` rides on every call.
+    A token is only sent over TLS (or to a loopback address in insecure mode)."""
+    options = [("grpc.max_receive_message_length", max_message_bytes),
+               ("grpc.max_send_message_length", max_message_bytes)]
+    if tls_ca is None:
+        if token is not None:
+            host = target.rsplit(":", 1)[0].strip("[]")
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise InvalidArgument("refusing to send a token without TLS to a non-loopback address; give tls_ca")
+            return grpc.intercept_channel(grpc.insecure_channel(target, options=options), _TokenInterceptor(token))
+        return grpc.insecure_channel(target, options=options)
+    creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=client_key,
+                                         certificate_chain=client_cert)
+    if token is not None:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(target, creds, options=options)
+
+
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor,
+                        grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` on insecure loopback channels (tests, local tools)."""
+
+    def __init__(self, token: str):
+        self._md = ("authorization", f"Bearer {token}")
+
+    def _details(self, d):
+        md = list(d.metadata or []) + [self._md]
+        return d._replace(metadata=md) if hasattr(d, "_replace") else _Details(d, md)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, d, metadata):
+        self.method, self.timeout, self.credentials = d.method, d.timeout, d.credentials
+        self.wait_for_ready, self.compression = getattr(d, "wait_for_ready", None), getattr(d, "compression", None)
+        self.metadata = metadata
+
+
 class Client:
-    """Connect to a key store: `Client("127.0.0.1:50051")`. Use as a context manager or call close()."""
+    """Connect to a key store: `Client("127.0.0.1:50051")`. Use as a context manager or call close().
+
+    Secured servers: `Client(addr, token=..., tls_ca=open("ca.pem","rb").read())`."""
 
     def __init__(self, target: str, timeout: float = 30.0, max_message_bytes: int = 64 * MiB,
-                 wire_dtype: str = "float32"):
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
+                 wire_dtype: str = "float32", *, token: Optional[str] = None, tls_ca: Optional[bytes] = None,
+                 client_cert: Optional[bytes] = None, client_key: Optional[bytes] = None):
+        self._channel = open_channel(target, token=token, tls_ca=tls_ca, client_cert=client_cert,
+                                     client_key=client_key, max_message_bytes=max_message_bytes)
         self._stub = pb_grpc.KeyStoreStub(self._channel)
         self.timeout = timeout
         self.wire_dtype = wire_dtype

@@ -5,6 +5,8 @@ No grpc, no torch, no protobuf: the server, the indexer and the benchmarks all c
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import threading
@@ -12,14 +14,14 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from facekeys.errors import InvalidArgument, NotFound
+from facekeys.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from .config import StoreConfig
-from .lmdb_table import LmdbTable, StoredMeta
+from .lmdb_table import LmdbTable, StoredMeta, ValueCipher
 from facekeys.records import (
     METRICS, EnrolledKey, Hit, KeyRecord, MatchQuery, MatchResult, NewKey, ProbeResult, StoreStats,
     better, check_id, check_latents,
@@ -29,6 +31,16 @@ from .vectors import FlatLayerIndex, KeyAttrs, VectorIndex
 log = logging.getLogger("facekeys.store")
 
 IndexFactory = Callable[[StoreConfig], VectorIndex]
+
+
+class LatentTransform(Protocol):
+    """A metric-preserving transform of keys (facekeys.security.transform.KeyTransform)."""
+
+    fingerprint: str
+
+    def forward(self, latents: np.ndarray) -> np.ndarray: ...  # (N, 18, 512) -> (N, 18, 512)
+
+    def inverse(self, latents: np.ndarray) -> np.ndarray: ...
 
 
 def flat_index(config: StoreConfig) -> VectorIndex:
@@ -54,14 +66,29 @@ class KeyStore:
         self._identity_keys: Counter[str] = Counter()
         self._write_lock = threading.Lock()
         self._closed = False
+        self._transform: Optional[LatentTransform] = None
 
     @classmethod
     def open(cls, path: str | Path, config: Optional[StoreConfig] = None,
-             index_factory: IndexFactory = flat_index) -> "KeyStore":
-        """Open (or create) a store directory and rebuild the indexes from LMDB."""
+             index_factory: IndexFactory = flat_index, *, cipher: Optional[ValueCipher] = None,
+             transform: Optional[LatentTransform] = None,
+             previous_transform: Optional[LatentTransform] = None) -> "KeyStore":
+        """Open (or create) a store directory and rebuild the indexes from LMDB.
+
+        `cipher` encrypts values at rest; `transform` is the deployment's key transform, applied to every
+        stored key and every probe; `previous_transform` resumes an interrupted `rotate_transform`.
+        """
         config = config or StoreConfig()
-        store = cls(LmdbTable(Path(path), config.map_size, config.durable), config, index_factory)
-        store._rebuild()
+        table = LmdbTable(Path(path), config.map_size, config.durable, cipher)
+        store = cls(table, config, index_factory)
+        store._transform = transform
+        try:
+            store._resume_rotation(previous_transform)
+            table.check_marker("transform", _fingerprint(transform))
+            store._rebuild()
+        except BaseException:
+            table.close()
+            raise
         return store
 
     def _rebuild(self) -> None:
@@ -116,6 +143,9 @@ class KeyStore:
                 raise InvalidArgument(f"key {i}: {e}") from None
             identities.append(key.identity_id or uuid.uuid4().hex)
         latents = np.stack([k.latent for k in checked])  # (N, 18, 512)
+        if self._transform is not None:
+            latents = self._transform.forward(latents)
+            checked = [dataclasses.replace(k, latent=x) for k, x in zip(checked, latents)]
         with self._write_lock:
             metas = self._table.put(checked, identities)  # durable from here on
             self._index_add(metas, latents)
@@ -133,6 +163,8 @@ class KeyStore:
         probes = check_latents(query.probes, "probe", batch=True)  # (Q, 18, 512)
         if len(probes) > cfg.max_probes:
             raise InvalidArgument(f"{len(probes)} probes in one match, the limit is {cfg.max_probes}")
+        if self._transform is not None:
+            probes = self._transform.forward(probes)
         threshold = cfg.threshold(query.metric) if query.threshold is None else float(query.threshold)
         if not math.isfinite(threshold):
             raise InvalidArgument("threshold must be finite")
@@ -165,7 +197,9 @@ class KeyStore:
         check_id(identity_id, "identity_id", required=True)
         with self._write_lock:
             ids = self._table.keys_of_identity(identity_id)
-            return self._delete_locked(ids, f"identity {identity_id!r} not found")
+            deleted = self._delete_locked(ids, f"identity {identity_id!r} not found")
+            self._table.forget_identity(identity_id)  # crypto-shred: old bytes anywhere stop decrypting
+            return deleted
 
     def _delete(self, ids: list[int], missing: str) -> list[int]:
         with self._write_lock:
@@ -184,6 +218,51 @@ class KeyStore:
         for encoder_id, key_ids in by_encoder.items():
             self._indexes[encoder_id].remove(np.array(key_ids, np.int64))
         return sorted(m.key_id for m in gone)
+
+    # -- key transform rotation -------------------------------------------------------------------
+    def rotate_transform(self, new: Optional[LatentTransform], batch: int = 1024) -> int:
+        """Re-transform every stored key from the current transform to `new`; crash-safe (each batch is
+        one transaction with its progress; reopen with transform=new, previous_transform=old to resume).
+        Returns the number of keys rewritten."""
+        with self._write_lock:
+            self._table.write_counter(_ROTATION, json.dumps(
+                {"from": _fingerprint(self._transform), "to": _fingerprint(new)}).encode())
+            n = self._run_rotation(self._transform, new, 0, batch)
+            self._transform = new
+            self._indexes.clear()
+            self._identity_keys.clear()
+            self._rebuild()
+            return n
+
+    def _resume_rotation(self, previous: Optional[LatentTransform]) -> None:
+        raw = self._table.get_counter(_ROTATION)
+        if raw is None:
+            return
+        plan = json.loads(raw)
+        if plan["to"] != _fingerprint(self._transform) or plan["from"] != _fingerprint(previous):
+            raise FailedPrecondition(
+                "an interrupted key-transform rotation must be resumed: open with the new secret as transform "
+                "and the old one as previous_transform")
+        upto = self._table.get_counter(_ROTATION_UPTO)
+        after = int.from_bytes(upto, "big") if upto else 0
+        log.warning("resuming key-transform rotation after key %d", after)
+        self._run_rotation(previous, self._transform, after, 1024)
+
+    def _run_rotation(self, old, new, after: int, batch: int) -> int:
+        def fn(x):  # (B, 18, 512) stored under `old` -> stored under `new`
+            plain = old.inverse(x) if old is not None else x
+            return new.forward(plain) if new is not None else plain
+
+        def finish(txn):
+            self._table.set_marker(txn, "transform", _fingerprint(new))
+            self._table.delete_counter(txn, _ROTATION)
+
+        n = 0
+        while True:
+            after, count = self._table.rewrite_latents(fn, after, batch, _ROTATION_UPTO, finish)
+            if count == 0:
+                return n
+            n += count
 
     def list_identities(self, after: str = "", limit: int = 1000) -> tuple[list[tuple[str, int]], str]:
         """Identities in sorted order after `after`, with their key counts, and the cursor to go on."""
@@ -204,6 +283,14 @@ class KeyStore:
             lmdb_used_bytes=used, lmdb_map_bytes=mapped, index_mode=self.config.index_mode,
             next_key_id=self._table.next_key_id(),
         )
+
+
+_ROTATION = b"rotation"
+_ROTATION_UPTO = b"rotation_upto"
+
+
+def _fingerprint(transform: Optional[LatentTransform]) -> str:
+    return transform.fingerprint if transform is not None else "none"
 
 
 def _hit(m: StoredMeta, score: float) -> Hit:

@@ -5,8 +5,12 @@ Databases (all keyed by the 8-byte big-endian key id unless noted):
   latent   (18, 512) float32 little-endian bytes
   boxes    (M, 5) int32 little-endian bytes: frame_index, x, y, w, h
   ident    identity_id UTF-8 + NUL + key id -> b""   (identity -> keys; identities never contain NUL)
-  counters b"next_key_id" -> 8-byte big-endian
+  counters b"next_key_id" -> 8-byte big-endian; b"marker:<name>" -> settings fixed at creation
 A write returns only after its transaction has committed; with `durable=True` the commit is fsync'd.
+
+With a `ValueCipher` (encryption at rest), latent, boxes and meta values are sealed under the key's
+identity; the meta value is then `identity_id NUL sealed-json`. The authenticated data binds each value
+to its database and key id, so values cannot be swapped between records.
 """
 
 from __future__ import annotations
@@ -16,15 +20,27 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import lmdb
 import numpy as np
 
 from facekeys.dims import KEY_SHAPE
-from facekeys.errors import FacekeysError, NotFound, ResourceExhausted
+from facekeys.errors import FacekeysError, FailedPrecondition, NotFound, ResourceExhausted
 
 from facekeys.records import KeyRecord, NewKey, Obfuscation, Where
+
+class ValueCipher(Protocol):
+    """Seals values under a per-identity key (facekeys.security.crypto.Keyring implements it)."""
+
+    fingerprint: str
+
+    def seal(self, identity: str, aad: bytes, data: bytes) -> bytes: ...
+
+    def open(self, identity: str, aad: bytes, blob: bytes) -> bytes: ...
+
+    def forget(self, identity: str) -> bool: ...
+
 
 _U64 = struct.Struct(">Q")
 _NEXT = b"next_key_id"
@@ -68,7 +84,7 @@ class StoredMeta:
 
 
 class LmdbTable:
-    def __init__(self, path: Path, map_size: int, durable: bool = True):
+    def __init__(self, path: Path, map_size: int, durable: bool = True, cipher: Optional[ValueCipher] = None):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -81,9 +97,54 @@ class LmdbTable:
         self._boxes = self.env.open_db(b"boxes")
         self._ident = self.env.open_db(b"ident")
         self._counters = self.env.open_db(b"counters")
+        self._cipher = cipher
+        self.check_marker("encryption", f"aes-gcm:{cipher.fingerprint}" if cipher else "none")
+
+    def check_marker(self, name: str, value: str) -> None:
+        """Record a setting on first use; refuse to open with a different one later."""
+        key = f"marker:{name}".encode()
+        with self.env.begin(write=True, db=self._counters) as txn:
+            stored = txn.get(key)
+            if stored is None:
+                if txn.get(_NEXT) is not None:
+                    raise FailedPrecondition(f"store at {self.path} predates the {name} setting {value!r}")
+                txn.put(key, value.encode())
+            elif stored.decode() != value:
+                raise FailedPrecondition(
+                    f"store at {self.path} was created with {name}={stored.decode()!r}, not {value!r} "
+                    f"(wrong key or secret?)")
+
+    def set_marker(self, txn, name: str, value: str) -> None:
+        txn.put(f"marker:{name}".encode(), value.encode(), db=self._counters)
+
+    def delete_counter(self, txn, key: bytes) -> None:
+        txn.delete(key, db=self._counters)
 
     def close(self) -> None:
         self.env.close()
+
+    # -- value sealing ----------------------------------------------------------------------------
+    def _seal(self, identity: str, tag: bytes, kb: bytes, data: bytes) -> bytes:
+        return data if self._cipher is None else self._cipher.seal(identity, tag + kb, data)
+
+    def _open(self, identity: str, tag: bytes, kb: bytes, blob: bytes) -> bytes:
+        return blob if self._cipher is None else self._cipher.open(identity, tag + kb, blob)
+
+    def _encode_meta(self, meta: "StoredMeta", kb: bytes) -> bytes:
+        raw = meta.encode()
+        if self._cipher is None:
+            return raw
+        return meta.identity_id.encode() + b"\x00" + self._cipher.seal(meta.identity_id, b"meta" + kb, raw)
+
+    def _decode_meta(self, key_id: int, raw: bytes) -> "StoredMeta":
+        if self._cipher is not None:
+            identity, _, blob = raw.partition(b"\x00")
+            raw = self._cipher.open(identity.decode(), b"meta" + _k(key_id), blob)
+        return StoredMeta.decode(key_id, raw)
+
+    def forget_identity(self, identity_id: str) -> bool:
+        """Crypto-shred an identity's data key (no-op without encryption)."""
+        return self._cipher.forget(identity_id) if self._cipher is not None else False
 
     def _write(self):
         return _WriteTxn(self.env)
@@ -104,9 +165,9 @@ class LmdbTable:
                     dict(key.attributes), now,
                 )
                 kb = _k(next_id)
-                txn.put(kb, meta.encode(), db=self._meta)
-                txn.put(kb, key.latent.astype("<f4").tobytes(), db=self._latent)
-                txn.put(kb, w.boxes.astype("<i4").tobytes(), db=self._boxes)
+                txn.put(kb, self._encode_meta(meta, kb), db=self._meta)
+                txn.put(kb, self._seal(identity, b"latent", kb, key.latent.astype("<f4").tobytes()), db=self._latent)
+                txn.put(kb, self._seal(identity, b"boxes", kb, w.boxes.astype("<i4").tobytes()), db=self._boxes)
                 txn.put(_ident_key(identity, next_id), b"", db=self._ident)
                 out.append(meta)
                 next_id += 1
@@ -122,7 +183,7 @@ class LmdbTable:
                 raw = txn.get(kb, db=self._meta)
                 if raw is None:
                     continue
-                meta = StoredMeta.decode(key_id, raw)
+                meta = self._decode_meta(key_id, raw)
                 txn.delete(kb, db=self._meta)
                 txn.delete(kb, db=self._latent)
                 txn.delete(kb, db=self._boxes)
@@ -149,7 +210,7 @@ class LmdbTable:
             for key_id in key_ids:
                 raw = txn.get(_k(key_id))
                 if raw is not None:
-                    out[key_id] = StoredMeta.decode(key_id, bytes(raw))
+                    out[key_id] = self._decode_meta(key_id, bytes(raw))
         return out
 
     def get(self, key_id: int, include_latent: bool) -> KeyRecord:
@@ -158,11 +219,13 @@ class LmdbTable:
             raw = txn.get(kb, db=self._meta)
             if raw is None:
                 raise NotFound(f"key {key_id} not found")
-            m = StoredMeta.decode(key_id, bytes(raw))
-            boxes = np.frombuffer(bytes(txn.get(kb, db=self._boxes)), "<i4").reshape(-1, 5).astype(np.int32)
+            m = self._decode_meta(key_id, bytes(raw))
+            boxes_raw = self._open(m.identity_id, b"boxes", kb, bytes(txn.get(kb, db=self._boxes)))
+            boxes = np.frombuffer(boxes_raw, "<i4").reshape(-1, 5).astype(np.int32)
             latent = None
             if include_latent:
-                latent = np.frombuffer(bytes(txn.get(kb, db=self._latent)), "<f4").reshape(KEY_SHAPE).copy()
+                lat_raw = self._open(m.identity_id, b"latent", kb, bytes(txn.get(kb, db=self._latent)))
+                latent = np.frombuffer(lat_raw, "<f4").reshape(KEY_SHAPE).copy()
         return KeyRecord(
             key_id=key_id, identity_id=m.identity_id, encoder_id=m.encoder_id,
             where=Where(m.camera_id, m.video_id, m.track_id, m.t_start, m.t_end, boxes),
@@ -176,14 +239,50 @@ class LmdbTable:
             lat = txn.cursor(db=self._latent)
             metas, vecs = [], []
             for kb, raw in txn.cursor(db=self._meta):
-                key_id = _U64.unpack(bytes(kb))[0]
-                metas.append(StoredMeta.decode(key_id, bytes(raw)))
-                vecs.append(np.frombuffer(lat.get(bytes(kb)), "<f4"))
+                kb = bytes(kb)
+                key_id = _U64.unpack(kb)[0]
+                meta = self._decode_meta(key_id, bytes(raw))
+                metas.append(meta)
+                vecs.append(np.frombuffer(self._open(meta.identity_id, b"latent", kb, bytes(lat.get(kb))), "<f4"))
                 if len(metas) == batch:
                     yield metas, np.stack(vecs).reshape(-1, *KEY_SHAPE)
                     metas, vecs = [], []
             if metas:
                 yield metas, np.stack(vecs).reshape(-1, *KEY_SHAPE)
+
+    def rewrite_latents(self, fn, after: int, batch: int, progress_key: bytes, finish) -> tuple[int, int]:
+        """Rewrite the latents of up to `batch` keys with id > `after` in one transaction, recording
+        progress under `progress_key`; when none are left, call `finish(txn)` in that transaction.
+        Returns (last key id rewritten, count), or (0, 0) when done. Crash-safe: each step is atomic."""
+        with self._write() as txn:
+            cur = txn.cursor(db=self._meta)
+            rows = []
+            if cur.set_range(_k(after + 1)):
+                for kb, raw in cur:
+                    rows.append((bytes(kb), self._decode_meta(_U64.unpack(bytes(kb))[0], bytes(raw))))
+                    if len(rows) == batch:
+                        break
+            if not rows:
+                finish(txn)
+                txn.delete(progress_key, db=self._counters)
+                return 0, 0
+            old = np.stack([
+                np.frombuffer(self._open(m.identity_id, b"latent", kb, bytes(txn.get(kb, db=self._latent))), "<f4")
+                for kb, m in rows]).reshape(-1, *KEY_SHAPE)
+            new = fn(old)  # (B, 18, 512)
+            for (kb, m), lat in zip(rows, new):
+                txn.put(kb, self._seal(m.identity_id, b"latent", kb, lat.astype("<f4").tobytes()), db=self._latent)
+            last = rows[-1][1].key_id
+            txn.put(progress_key, _U64.pack(last), db=self._counters)
+            return last, len(rows)
+
+    def write_counter(self, key: bytes, value: bytes) -> None:
+        with self._write() as txn:
+            txn.put(key, value, db=self._counters)
+
+    def get_counter(self, key: bytes) -> Optional[bytes]:
+        with self.env.begin(db=self._counters) as txn:
+            return txn.get(key)
 
     def next_key_id(self) -> int:
         with self.env.begin(db=self._counters) as txn:

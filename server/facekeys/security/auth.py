@@ -1,0 +1,116 @@
+"""Authentication and authorisation, checked in one interceptor. Deny by default: a method absent from
+the policy is refused. No or bad credential: UNAUTHENTICATED; wrong role: PERMISSION_DENIED.
+
+Credentials: `authorization: Bearer <token>` metadata, or (with mutual TLS) the client certificate,
+whose subject common name must name a credential; its roles come from that credential.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Mapping, Optional
+
+import grpc
+
+from facekeys.errors import PermissionDenied, Unauthenticated
+
+from .credentials import CredentialStore, Principal
+
+ANONYMOUS = Principal("anonymous", frozenset())
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS)
+
+PUBLIC = object()  # callable without a credential
+
+POLICY: Mapping[str, object] = {
+    "/facekeys.v1.KeyStore/Enroll": {"gateway"},
+    "/facekeys.v1.KeyStore/EnrollStream": {"gateway"},
+    "/facekeys.v1.KeyStore/Match": {"investigator"},
+    "/facekeys.v1.KeyStore/Get": {"admin", "recovery"},  # latents: only the recovery service and admins
+    "/facekeys.v1.KeyStore/Delete": {"admin"},
+    "/facekeys.v1.KeyStore/ListIdentities": {"admin"},
+    "/facekeys.v1.KeyStore/Stats": {"admin"},
+    "/facekeys.v1.Recovery/Recover": {"revealer"},
+    "/facekeys.v1.Recovery/Reveal": {"revealer"},
+    "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": {"admin"},
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": {"admin"},
+}
+
+
+def _principal(context, creds: CredentialStore) -> Optional[Principal]:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+            p = creds.authenticate(token.strip())
+            if p is None:
+                raise Unauthenticated("unknown or revoked token")
+            return p
+    auth = context.auth_context() or {}
+    names = auth.get("x509_common_name") or []
+    if names:
+        name = names[0].decode()
+        matches = [c for c in creds.list() if c.name == name and c.revoked is None]
+        if not matches:
+            raise Unauthenticated(f"client certificate {name!r} names no active credential")
+        return Principal(name, frozenset(r for c in matches for r in c.roles))
+    return None
+
+
+def authorize(method: str, context, creds: CredentialStore) -> Principal:
+    rule = POLICY.get(method)
+    if rule is PUBLIC:
+        return ANONYMOUS
+    principal = _principal(context, creds)
+    if principal is None:
+        raise Unauthenticated("no credential: send 'authorization: Bearer <token>' or a client certificate")
+    if rule is None:
+        raise PermissionDenied(f"{method} is not allowed to anyone")
+    if not principal.roles & rule:
+        raise PermissionDenied(f"{principal.name} lacks the role for {method.rsplit('/', 1)[-1]} "
+                               f"(needs {' or '.join(sorted(rule))})")
+    return principal
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Runs inside the status interceptor, so its errors become status codes in the one usual place."""
+
+    def __init__(self, creds: CredentialStore):
+        self._creds = creds
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        creds = self._creds
+
+        def guard(behavior, streaming):
+            if streaming:
+                def wrapper(request, context):
+                    token = current_principal.set(authorize(method, context, creds))
+                    try:
+                        yield from behavior(request, context)
+                    finally:
+                        current_principal.reset(token)
+            else:
+                def wrapper(request, context):
+                    token = current_principal.set(authorize(method, context, creds))
+                    try:
+                        return behavior(request, context)
+                    finally:
+                        current_principal.reset(token)
+            return wrapper
+
+        kinds = (("unary_unary", False, grpc.unary_unary_rpc_method_handler),
+                 ("unary_stream", True, grpc.unary_stream_rpc_method_handler),
+                 ("stream_unary", False, grpc.stream_unary_rpc_method_handler),
+                 ("stream_stream", True, grpc.stream_stream_rpc_method_handler))
+        for attr, streaming, make in kinds:
+            behavior = getattr(handler, attr)
+            if behavior:
+                return make(guard(behavior, streaming), request_deserializer=handler.request_deserializer,
+                            response_serializer=handler.response_serializer)
+        return handler
