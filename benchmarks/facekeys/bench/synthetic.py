@@ -10,10 +10,11 @@ carry more identity signal than fine ones; `basis` holds `nuisance_rank` shared 
 light: every image has some of them, which correlates impostor scores), `c_r ~ N(0, 1)` per image. Probes
 are noisier than gallery keys ("years older"). Impostors are fresh identities that are not in the gallery.
 
-The defaults are tuned so that nothing saturates: with 2000 identities, top-1 accuracy runs from ~0.1 %
-(layer 18 alone) to ~99.9 % (layers 1-9), layer 1 alone gets ~78 %, and impostor top-1 scores overlap the
-genuine ones (open-set TAR at FAR 1e-2 between ~0 and ~0.93 depending on the subset). More identities
-make every subset harder; fewer make it easier.
+The defaults are tuned so that nothing saturates. Measured through the engine with 2000 identities and 2000
+impostors (benchmarks/RESULTS-recall.md): top-1 accuracy runs from ~0.2 % (layer 18 alone) to ~99.9 %
+(layers 1-5), layer 1 alone gets ~79 %, all 18 layers ~96.5 %, and impostor top-1 scores overlap the
+genuine ones (open-set TAR at FAR 1e-2 from 0 to ~93 % depending on the subset). More identities make
+every subset harder; fewer make it easier.
 """
 
 from __future__ import annotations
