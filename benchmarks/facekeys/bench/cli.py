@@ -61,7 +61,7 @@ def _parser() -> _Parser:
     syn.add_argument("--impostor-count", type=int, default=2000, help="impostor probes (default 2000)")
     syn.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=Path, required=True, help="output folder")
-    r.add_argument("--metrics", type=_metrics, default=METRICS, help="comma list of cosine,l2 (default both)")
+    r.add_argument("--metrics", default=",".join(METRICS), help="comma list of cosine,l2 (default both)")
     r.add_argument("--target-far", type=float, default=1e-3, help="FAR for the recommended threshold (1e-3)")
     r.add_argument("--threshold-layers", default="high:4", help="subset of the recommendation (server default_layers)")
     r.add_argument("--subsets", help="comma list like high:1,low:4 (default: the paper's 36 subsets)")
@@ -131,7 +131,7 @@ def cmd_recall(args) -> int:
     from .report import recommendation_text, write_all
 
     extra = {} if args.subsets is None else {"subsets": subsets_from_specs(args.subsets.split(","))}
-    config = RecallConfig(metrics=args.metrics, target_far=args.target_far,
+    config = RecallConfig(metrics=_metrics(args.metrics), target_far=args.target_far,
                           threshold_layers=args.threshold_layers, batch=args.batch, **extra)
     data = recall_data(args)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
