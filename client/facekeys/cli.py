@@ -33,15 +33,27 @@ def parse_size(text: str) -> int:
 
 # -- server-side commands ---------------------------------------------------------------------------
 def _server_config(args):
+    from facekeys.security.config import SecurityConfig
     from facekeys.server import ServerConfig
     from facekeys.store import StoreConfig
 
     store = StoreConfig(map_size=args.map_size, cosine_threshold=args.cosine_threshold,
                         l2_threshold=args.l2_threshold)
+
+    def path(v):
+        return Path(v) if v else None
+
+    security = SecurityConfig(
+        tls_cert=path(args.tls_cert), tls_key=path(args.tls_key), tls_client_ca=path(args.tls_client_ca),
+        credentials_file=path(args.credentials_file), grant_key_file=path(args.grant_key_file),
+        grant_ttl=args.grant_ttl, audit_log=path(args.audit_log), audit_key_file=path(args.audit_key_file),
+        transform_secret_file=path(args.transform_secret_file), master_key_file=path(args.master_key_file),
+        insecure=args.insecure,
+    )
     return ServerConfig(
         data_dir=Path(args.data_dir), host=args.host, port=args.port, metrics_port=args.metrics_port,
         workers=args.workers, default_layers=args.default_layers,
-        encoder_checkpoint=Path(args.encoder_checkpoint) if args.encoder_checkpoint else None, store=store,
+        encoder_checkpoint=path(args.encoder_checkpoint), store=store, security=security,
     )
 
 
@@ -73,10 +85,10 @@ def cmd_demo(args) -> int:
 
     setup_logging("WARNING")
     server = KeyStoreServer(_server_config(args)).start()
-    print(f"key store serving on {server.address} (data in {args.data_dir}; "
-          f"metrics on http://{args.host}:{server.metrics_port}/metrics)")
+    metrics = f"metrics on http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else "no metrics"
+    print(f"key store serving on {server.address} (data in {args.data_dir}; {metrics})")
     try:
-        data = make_workload(SyntheticConfig(identities=200, impostors=3, seed=7))
+        data = make_workload(SyntheticConfig(identities=200, impostors=3, seed=7))  # the calibrated workload
         with Client(server.address) as client:
             keys = [NewKey(latent, "synthetic-demo", identity_id=f"person-{label:04d}",
                            where=Where("cam-01", "demo-video", f"track-{i}", 1.7e9 + i, 1.7e9 + i + 4,
@@ -106,7 +118,15 @@ def cmd_demo(args) -> int:
 def _client(args):
     from facekeys.client import Client
 
-    return Client(args.server, timeout=args.timeout)
+    def read(path):
+        try:
+            return Path(path).read_bytes() if path else None
+        except OSError as e:
+            raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
+
+    token = read(args.token_file)
+    return Client(args.server, timeout=args.timeout, token=token.decode().strip() if token else None,
+                  tls_ca=read(args.tls_ca), client_cert=read(args.tls_cert), client_key=read(args.tls_key))
 
 
 def _load_latents(path: str) -> np.ndarray:
@@ -207,20 +227,41 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
     p.add_argument("--map-size", type=parse_size, default=parse_size("64G"), help="LMDB map size (e.g. 64G)")
     p.add_argument("--default-layers", default="high:4", help="layer subset when a Match names none")
-    p.add_argument("--cosine-threshold", type=float, default=0.80, help="default accept threshold (cosine >=)")
-    p.add_argument("--l2-threshold", type=float, default=30.0, help="default accept threshold (L2 <=)")
+    p.add_argument("--cosine-threshold", type=float, default=0.86,
+                   help="default accept threshold (cosine >=); calibrate with `facekeys bench recall`")
+    p.add_argument("--l2-threshold", type=float, default=26.0, help="default accept threshold (L2 <=)")
     p.add_argument("--encoder-checkpoint", help="psp_ffhq_encode.pt: enables image Enroll/Match")
+    g = p.add_argument_group("security (see README, Security)")
+    g.add_argument("--tls-cert", help="PEM server certificate")
+    g.add_argument("--tls-key", help="PEM private key")
+    g.add_argument("--tls-client-ca", help="require client certificates from this CA (mutual TLS)")
+    g.add_argument("--credentials-file", help="client tokens and roles (facekeys creds issue); enables auth")
+    g.add_argument("--grant-key-file", help="Ed25519 key signing reveal grants (facekeys secrets init)")
+    g.add_argument("--grant-ttl", type=float, default=300.0, help="seconds a reveal grant is valid")
+    g.add_argument("--audit-log", help="tamper-evident audit log file")
+    g.add_argument("--audit-key-file", help="HMAC key of the audit log")
+    g.add_argument("--transform-secret-file", help="per-deployment key transform secret")
+    g.add_argument("--master-key-file", help="32-byte master key: encrypt keys at rest")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback listener without TLS and credentials (closed test networks only)")
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=DEFAULT_SERVER, help=f"key store address (default {DEFAULT_SERVER})")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    p.add_argument("--token-file", help="file holding this client's bearer token")
+    p.add_argument("--tls-ca", help="CA certificate (PEM) of the server: use TLS")
+    p.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--tls-key", help="client private key (PEM) for mutual TLS")
 
 
 _DELEGATED = {  # subcommands implemented by other packages: facekeys <name> ... -> module.main(argv)
     "index": ("facekeys.indexer.cli", "indexer"),
     "recover-serve": ("facekeys.recovery.cli", "models"),
     "bench": ("facekeys.bench.cli", "bench"),
+    "creds": ("facekeys.security.cli", "server"),
+    "audit": ("facekeys.security.cli", "server"),
+    "secrets": ("facekeys.security.cli", "server"),
 }
 
 
@@ -300,7 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _DELEGATED:
         module, extra = _DELEGATED[argv[0]]
-        return _run(lambda: _delegate(module, extra, argv[1:]))
+        rest = argv if module == "facekeys.security.cli" else argv[1:]  # that one parses its group word
+        return _run(lambda: _delegate(module, extra, rest))
     args = build_parser().parse_args(argv)
     return _run(lambda: args.func(args))
 

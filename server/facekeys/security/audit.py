@@ -3,11 +3,13 @@ authenticated by HMAC under the deployment's audit key; a head file records the 
 and hash, so truncation is detected too. Appends are fsync'd before the audited call returns.
 
 Record: {"seq", "ts", "who", "action", "what", "decision", "ids", "prev", "hash", "mac"}.
-Never the latent itself.
+Never the latent itself. Several processes (the server, the credentials CLI) may append: each append
+holds an exclusive lock on the log and re-reads the head under it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -47,7 +49,6 @@ class AuditLog:
         report = verify(self.path, key)
         if not report.ok:
             raise Unavailable(f"audit log {self.path} failed verification: {report.problem}; refusing to append")
-        self._seq, self._prev = self._read_head()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _read_head(self) -> tuple[int, str]:
@@ -59,24 +60,34 @@ class AuditLog:
     def append(self, who: str, action: str, what: dict, decision: str = "", ids: Optional[list] = None) -> dict:
         """Append one record durably; raises Unavailable if it cannot be written (the call must fail)."""
         with self._lock:
-            rec = {"seq": self._seq + 1, "ts": round(time.time(), 6), "who": who, "action": action, "what": what,
-                   "decision": decision, "ids": list(ids or []), "prev": self._prev}
-            body = _canonical(rec)
-            rec["hash"] = hashlib.sha256(body).hexdigest()
-            rec["mac"] = hmac.new(self._key, body, hashlib.sha256).hexdigest()
-            line = (json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n").encode()
             try:
-                os.write(self._fd, line)
-                os.fsync(self._fd)
-                tmp = self.head_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"seq": rec["seq"], "hash": rec["hash"]}))
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.head_path)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
             except OSError as e:
-                raise Unavailable(f"audit log write failed ({e.strerror}); the action was not performed") from e
-            self._seq, self._prev = rec["seq"], rec["hash"]
-            return rec
+                raise Unavailable(f"audit log cannot be locked ({e.strerror})") from e
+            try:
+                return self._append_locked(who, action, what, decision, ids)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _append_locked(self, who, action, what, decision, ids) -> dict:
+        seq, prev = self._read_head()
+        rec = {"seq": seq + 1, "ts": round(time.time(), 6), "who": who, "action": action, "what": what,
+               "decision": decision, "ids": list(ids or []), "prev": prev}
+        body = _canonical(rec)
+        rec["hash"] = hashlib.sha256(body).hexdigest()
+        rec["mac"] = hmac.new(self._key, body, hashlib.sha256).hexdigest()
+        line = (json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        try:
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+            tmp = self.head_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"seq": rec["seq"], "hash": rec["hash"]}))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.head_path)
+        except OSError as e:
+            raise Unavailable(f"audit log write failed ({e.strerror}); the call was refused") from e
+        return rec
 
     def close(self) -> None:
         os.close(self._fd)

@@ -53,8 +53,16 @@ class CredentialStore:
         self._creds: dict[str, Credential] = {}
         self.reload()
 
+    def _stamp(self):
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
     def reload(self) -> None:
-        if not self.path.exists():
+        self._seen = self._stamp()
+        if self._seen is None:
             self._creds = {}
             return
         try:
@@ -74,6 +82,7 @@ class CredentialStore:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
+        self._seen = self._stamp()
 
     def issue(self, name: str, roles: list[str]) -> tuple[Credential, str]:
         """Create a credential; returns it and the token (shown once, stored only as a hash)."""
@@ -100,10 +109,16 @@ class CredentialStore:
         return cred
 
     def list(self) -> list[Credential]:
+        if self._stamp() != self._seen:
+            with self._lock:
+                self.reload()
         return sorted(self._creds.values(), key=lambda c: c.created)
 
     def authenticate(self, token: str) -> Optional[Principal]:
         """The principal for a token, or None if unknown or revoked (constant-time compare per entry)."""
+        if self._stamp() != self._seen:  # issued or revoked by `facekeys creds` while serving
+            with self._lock:
+                self.reload()
         digest = _hash(token)
         found = None
         for c in self._creds.values():

@@ -47,9 +47,10 @@ class LocalKeyProvider:
     @classmethod
     def from_text(cls, text: bytes) -> "LocalKeyProvider":
         t = text.strip()
-        for decode in (bytes.fromhex, base64.b64decode):
+        decoders = (lambda v: bytes.fromhex(v.decode()), lambda v: base64.b64decode(v, validate=True))
+        for decode in decoders:
             try:
-                key = decode(t.decode()) if decode is bytes.fromhex else decode(t, validate=True)
+                key = decode(t)
             except ValueError:
                 continue
             if len(key) == 32:

@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
+from facekeys.security.auth import AuthInterceptor
+from facekeys.security.config import Security, SecurityConfig
 from facekeys.store import KeyStore, StoreConfig
 from facekeys.v1 import keystore_pb2, keystore_pb2_grpc
 
@@ -40,8 +42,10 @@ class ServerConfig:
     default_layers: str = "high:4"  # layer subset when a Match names none (paper: coarse layers work best)
     encoder_checkpoint: Optional[Path] = None  # psp_ffhq_encode.pt enables image Enroll/Match
     store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self):
+        self.security.check(self.host)
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port {self.port} is out of range")
         if not -1 <= self.metrics_port <= 65535:
@@ -58,7 +62,9 @@ class KeyStoreServer:
 
     def __init__(self, config: ServerConfig, store: Optional[KeyStore] = None, encoder=None):
         self.config = config
-        self.store = store or KeyStore.open(Path(config.data_dir) / "lmdb", config.store)
+        self.security = sec = Security(config.security, Path(config.data_dir))
+        self.store = store or KeyStore.open(Path(config.data_dir) / "lmdb", config.store, cipher=sec.cipher,
+                                            transform=sec.transform)
         self.metrics = ServiceMetrics()
         self.metrics.watch_store(self.store)
         options = [
@@ -68,16 +74,22 @@ class KeyStoreServer:
         ]
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-            interceptors=[StatusInterceptor(self.metrics)], options=options,
+            interceptors=[StatusInterceptor(self.metrics)]
+            + ([AuthInterceptor(sec.credentials)] if sec.credentials is not None else []),
+            options=options,
             maximum_concurrent_rpcs=config.workers * 4,
         )
         keystore_pb2_grpc.add_KeyStoreServicer_to_server(
-            KeyStoreServicer(self.store, self.metrics, config.default_layers, encoder), self._grpc)
+            KeyStoreServicer(self.store, self.metrics, config.default_layers, encoder, sec.audit, sec.grants),
+            self._grpc)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
-        self.port = self._grpc.add_insecure_port(f"{config.host}:{config.port}")
+        creds = sec.server_credentials()
+        listen = f"{config.host}:{config.port}"
+        self.port = (self._grpc.add_secure_port(listen, creds) if creds is not None
+                     else self._grpc.add_insecure_port(listen))
         if self.port == 0:
             raise InvalidArgument(f"cannot listen on {config.host}:{config.port}")
         self.metrics_port = None
@@ -108,6 +120,7 @@ class KeyStoreServer:
         if self._http is not None:
             self._http.shutdown()
         self.store.close()
+        self.security.close()
         log.info("key store stopped")
 
     def wait_for_signal(self) -> None:

@@ -20,6 +20,9 @@ class ServiceMetrics:
         self.decisions = Counter(
             "facekeys_match_decisions", "Match decisions per probe", ["decision"], registry=self.registry)
         self.enrolled = Counter("facekeys_enrolled_keys", "Keys enrolled (durable)", registry=self.registry)
+        self.audit_failures = Counter(
+            "facekeys_audit_write_failures", "Audit records that could not be written (the call failed)",
+            registry=self.registry)
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

@@ -8,9 +8,12 @@ from typing import Optional, Protocol
 import numpy as np
 
 from facekeys import wire
-from facekeys.errors import FailedPrecondition, InvalidArgument
-from facekeys.layers import parse_layers
-from facekeys.records import MatchQuery
+from facekeys.errors import FailedPrecondition, InvalidArgument, Unavailable
+from facekeys.layers import format_layers, parse_layers
+from facekeys.records import MatchQuery, MatchResult, better
+from facekeys.security.audit import AuditLog
+from facekeys.security.auth import current_principal
+from facekeys.security.grants import GrantSigner
 from facekeys.store import KeyStore
 from facekeys.v1 import keystore_pb2 as pb
 from facekeys.v1 import keystore_pb2_grpc as pb_grpc
@@ -31,11 +34,38 @@ class ImageEncoder(Protocol):
 
 class KeyStoreServicer(pb_grpc.KeyStoreServicer):
     def __init__(self, store: KeyStore, metrics: ServiceMetrics, default_layers: str = "high:4",
-                 encoder: Optional[ImageEncoder] = None):
+                 encoder: Optional[ImageEncoder] = None, audit: Optional[AuditLog] = None,
+                 grants: Optional[GrantSigner] = None):
         self._store = store
         self._metrics = metrics
         self._default_layers = parse_layers(default_layers)
         self._encoder = encoder
+        self._audit_log = audit
+        self._grants = grants
+
+    def _audit(self, action: str, what: dict, decision: str = "", ids=()) -> None:
+        """Durably record an action before the call returns; a failed append fails the call."""
+        if self._audit_log is None:
+            return
+        try:
+            self._audit_log.append(current_principal.get().name, action, what, decision, list(ids))
+        except Unavailable:
+            self._metrics.audit_failures.inc()
+            raise
+
+    def _grant(self, result: MatchResult) -> list[bytes]:
+        """Sign, per accepted probe, the hits of the best identity that pass the threshold."""
+        if self._grants is None:
+            return [b""] * len(result.results)
+        out = []
+        for p in result.results:
+            if not p.accepted:
+                out.append(b"")
+                continue
+            who = p.hits[0].identity_id
+            ids = [h.key_id for h in p.hits if h.identity_id == who and better(result.metric, h.score, result.threshold)]
+            out.append(self._grants.sign(ids, who, current_principal.get().name))
+        return out
 
     def _image_latent(self, image: pb.FaceImage, encoder_id: str) -> np.ndarray:
         if self._encoder is None:
@@ -88,12 +118,22 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
         if not query.encoder_id:
             raise InvalidArgument("encoder_id is required")
         result = self._store.match(query)
-        for p in result.results:
-            self._metrics.decisions.labels("accepted" if p.accepted else "refused").inc()
-        return wire.match_to_pb(result)
+        decisions = ["accepted" if p.accepted else "refused" for p in result.results]
+        self._audit("Match", {
+            "encoder_id": query.encoder_id, "layers": format_layers(query.layers), "metric": query.metric,
+            "top_k": query.top_k, "threshold": result.threshold, "probes": len(probes), "probe": which,
+            "filter": {"camera_ids": list(query.filter.camera_ids), "identity_ids": list(query.filter.identity_ids),
+                       "t_from": query.filter.t_from, "t_to": query.filter.t_to},
+        }, ",".join(decisions), [h.key_id for p in result.results for h in p.hits])
+        for d in decisions:
+            self._metrics.decisions.labels(d).inc()
+        return wire.match_to_pb(result, self._grant(result))
 
     def Get(self, request, context):
-        return wire.record_to_pb(self._store.get(request.key_id, request.include_latent))
+        record = self._store.get(request.key_id, request.include_latent)
+        if request.include_latent:
+            self._audit("GetLatent", {"key_id": request.key_id}, "returned", [request.key_id])
+        return wire.record_to_pb(record)
 
     def Delete(self, request, context):
         which = request.WhichOneof("target")
@@ -103,6 +143,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
             deleted = self._store.delete_identity(request.identity_id)
         else:
             raise InvalidArgument("delete: give a key_id or an identity_id")
+        self._audit("Delete", {which: getattr(request, which)}, "deleted", deleted)
         return pb.DeleteResponse(deleted_key_ids=deleted)
 
     def ListIdentities(self, request, context):

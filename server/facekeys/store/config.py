@@ -15,8 +15,10 @@ class StoreConfig:
     map_size: int = 64 * GiB  # LMDB map size in bytes (sparse: disk is used as keys arrive); ~37 KB per key
     durable: bool = True  # fsync every commit; an Enroll is acknowledged only after it is on disk
     index_mode: str = "exact"  # "exact": per-layer flat FAISS indexes, exact scores
-    cosine_threshold: float = 0.80  # default accept threshold for cosine (>=); calibrate with `facekeys bench recall`
-    l2_threshold: float = 30.0  # default accept threshold for L2 distance (<=); calibrate likewise
+    # Default accept thresholds for layers 1-4, from the open-set calibration at FAR <= 1e-3 on the SYNTHETIC
+    # workload (benchmarks/RESULTS-recall.md). Recalibrate on real keys with `facekeys bench recall`.
+    cosine_threshold: float = 0.86  # accept if cosine >= this
+    l2_threshold: float = 26.0  # accept if L2 distance <= this
     max_top_k: int = 1000  # largest top_k a request may ask for
     max_probes: int = 1024  # largest probe batch in one Match
     max_batch: int = 4096  # largest number of keys in one Enroll
