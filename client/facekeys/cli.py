@@ -52,7 +52,7 @@ def _server_config(args):
     )
     return ServerConfig(
         data_dir=Path(args.data_dir), host=args.host, port=args.port, metrics_port=args.metrics_port,
-        workers=args.workers, default_layers=args.default_layers,
+        health_port=args.health_port, workers=args.workers, default_layers=args.default_layers,
         encoder_checkpoint=path(args.encoder_checkpoint), store=store, security=security,
     )
 
@@ -224,6 +224,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0 = any free port)")
     p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port (-1 = off, 0 = any)")
+    p.add_argument("--health-port", type=int, default=-1,
+                   help="plaintext port serving only grpc.health.v1, for probes without TLS (-1 = off)")
     p.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
     p.add_argument("--map-size", type=parse_size, default=parse_size("64G"), help="LMDB map size (e.g. 64G)")
     p.add_argument("--default-layers", default="high:4", help="layer subset when a Match names none")

@@ -207,3 +207,22 @@ def test_exposed_listener_needs_tls_and_credentials(tmp_path):
 def test_token_is_never_sent_in_clear_to_another_host():
     with pytest.raises(InvalidArgument, match="TLS"):
         Client("10.0.0.1:50051", token="fk_x")
+
+
+def test_plaintext_health_port_serves_only_health(secured, tmp_path):
+    base = secured["srv"].config
+    from dataclasses import replace
+
+    srv = KeyStoreServer(replace(base, data_dir=tmp_path / "d2", port=0, metrics_port=-1, health_port=0)).start()
+    try:
+        ch = grpc.insecure_channel(f"127.0.0.1:{srv.health_port}")
+        r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="facekeys.v1.KeyStore"),
+                                                 timeout=5)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+        from facekeys.v1 import keystore_pb2, keystore_pb2_grpc
+        with pytest.raises(grpc.RpcError) as e:
+            keystore_pb2_grpc.KeyStoreStub(ch).Stats(keystore_pb2.StatsRequest(), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        ch.close()
+    finally:
+        srv.stop(grace=0)

@@ -37,6 +37,8 @@ class ServerConfig:
     host: str = "127.0.0.1"  # listen address; 0.0.0.0 to serve other machines
     port: int = 50051  # gRPC port; 0 picks a free one
     metrics_port: int = 9100  # Prometheus /metrics port; 0 picks a free one, -1 disables
+    health_port: int = -1  # plaintext listener serving ONLY grpc.health.v1 (for probes that cannot do TLS,
+    #                        e.g. Kubernetes gRPC probes); -1 disables, 0 picks a free one
     workers: int = 16  # gRPC handler threads (concurrent calls, including open enrol streams)
     max_message_bytes: int = 64 * MiB  # largest request/response; a batch of 1,000 float32 keys is ~37 MB
     default_layers: str = "high:4"  # layer subset when a Match names none (paper: coarse layers work best)
@@ -48,8 +50,9 @@ class ServerConfig:
         self.security.check(self.host)
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port {self.port} is out of range")
-        if not -1 <= self.metrics_port <= 65535:
-            raise InvalidArgument(f"metrics_port {self.metrics_port} is out of range")
+        for name in ("metrics_port", "health_port"):
+            if not -1 <= getattr(self, name) <= 65535:
+                raise InvalidArgument(f"{name} {getattr(self, name)} is out of range")
         if self.workers < 1:
             raise InvalidArgument("workers must be >= 1")
         if self.max_message_bytes < MiB:
@@ -92,6 +95,12 @@ class KeyStoreServer:
                      else self._grpc.add_insecure_port(listen))
         if self.port == 0:
             raise InvalidArgument(f"cannot listen on {config.host}:{config.port}")
+        self.health_port = None
+        self._health_grpc = None
+        if config.health_port >= 0:  # health only, no credentials needed: it reveals nothing but SERVING
+            self._health_grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_grpc)
+            self.health_port = self._health_grpc.add_insecure_port(f"{config.host}:{config.health_port}")
         self.metrics_port = None
         self._http = None
         if config.metrics_port >= 0:
@@ -105,6 +114,8 @@ class KeyStoreServer:
 
     def start(self) -> "KeyStoreServer":
         self._grpc.start()
+        if self._health_grpc is not None:
+            self._health_grpc.start()
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("key store serving", extra={"address": self.address, "metrics_port": self.metrics_port,
@@ -117,6 +128,8 @@ class KeyStoreServer:
         self._stopped.set()
         self._health.enter_graceful_shutdown()
         self._grpc.stop(grace).wait()
+        if self._health_grpc is not None:
+            self._health_grpc.stop(0).wait()
         if self._http is not None:
             self._http.shutdown()
         self.store.close()
