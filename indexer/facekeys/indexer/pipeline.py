@@ -66,12 +66,14 @@ def obfuscate_video(
     encoder_cfg: EncoderConfig = EncoderConfig(),
     *,
     on_track: Callable[[Track], None] | None = None,
+    on_frame: Callable[[int], None] | None = None,
 ) -> list[Track]:
     """Write `dst` (H.264 MP4, same timestamps, audio kept) with every tracked face obfuscated.
 
     `detector` is a built detector or a `DetectorConfig` to build one from. Returns the finished tracks
     (>= `tracker_cfg.min_hits` detections) in the order they ended; with `on_track` set, each track is handed
     to it as soon as it ends instead and the returned list is empty (bounded memory on long videos).
+    `on_frame(index)` is called as each (obfuscated) frame is handed to the encoder (progress bars).
     Raises `VideoError` (an `InvalidArgument`) for unreadable input; `dst` only appears on success.
     """
     for name, val, typ in (
@@ -133,6 +135,8 @@ def obfuscate_video(
                     fr = buffer.popleft()
                     obfuscate(fr.image, tracker.pop_boxes(fr.index), obfuscation_cfg)
                     _put(out_q, ("v", fr.image, fr.pts), stop)
+                    if on_frame is not None:
+                        on_frame(fr.index)
                     if enc.error is not None:
                         raise enc.error
 
