@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import grpc
 
 from facekeys.errors import PermissionDenied, Unauthenticated
+from facekeys.grpcutil import rewrap
 
 from .credentials import CredentialStore, Principal
 
@@ -104,13 +105,4 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         current_principal.reset(token)
             return wrapper
 
-        kinds = (("unary_unary", False, grpc.unary_unary_rpc_method_handler),
-                 ("unary_stream", True, grpc.unary_stream_rpc_method_handler),
-                 ("stream_unary", False, grpc.stream_unary_rpc_method_handler),
-                 ("stream_stream", True, grpc.stream_stream_rpc_method_handler))
-        for attr, streaming, make in kinds:
-            behavior = getattr(handler, attr)
-            if behavior:
-                return make(guard(behavior, streaming), request_deserializer=handler.request_deserializer,
-                            response_serializer=handler.response_serializer)
-        return handler
+        return rewrap(handler, guard)

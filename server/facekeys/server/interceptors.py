@@ -8,6 +8,7 @@ import time
 import grpc
 
 from facekeys.errors import FacekeysError
+from facekeys.grpcutil import rewrap
 
 from .metrics import ServiceMetrics
 
@@ -31,25 +32,8 @@ class StatusInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._streaming(method, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return grpc.stream_unary_rpc_method_handler(
-            self._unary(method, handler.stream_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return rewrap(handler, lambda behavior, streaming: (self._streaming if streaming else self._unary)(
+            method, behavior))
 
     def _fail(self, method, context, exc, t0):
         code, message = _status(exc)
