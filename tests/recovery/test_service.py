@@ -57,10 +57,11 @@ def recovery(keystore, roots, grant_keys, generator):
     started = []
 
     def make(**cfg):
+        cfg.setdefault("keystore", keystore[0].address)
         cfg.setdefault("grant_public_key", grant_keys[1])
         cfg.setdefault("archive_root", roots[0])
         cfg.setdefault("output_root", roots[1])
-        srv = RecoveryServer(RecoveryConfig(keystore=keystore[0].address, port=0, metrics_port=0, **cfg),
+        srv = RecoveryServer(RecoveryConfig(port=0, metrics_port=0, **cfg),
                              generator=generator).start()
         started.append(srv)
         channel = grpc.insecure_channel(srv.address, options=[("grpc.max_receive_message_length", 64 << 20)])
@@ -241,3 +242,21 @@ def test_authenticated_service_uses_the_callers_name_and_audits(keystore, recove
     assert verify(tmp_path / "audit.log", b"k" * 32).ok
     records = list(read(tmp_path / "audit.log"))
     assert [(r["who"], r["action"], r["decision"].split(":")[0]) for r in records] == [("alice", "Recover", "refused")]
+
+
+def test_grant_from_a_real_match(server_factory, recovery, grant_keys, vid, generator):
+    """The key store signs the grant in Match (--grant-key-file); the recovery service accepts exactly it."""
+    from facekeys.security.config import SecurityConfig
+
+    ks = server_factory("ks-grants", security=SecurityConfig(grant_key_file=grant_keys[0]))
+    x = random_keys(2, seed=4)
+    with Client(ks.address) as c:
+        a, b = c.enroll([NewKey(x[0], "enc", "A", Where("cam1", VIDEO_ID, "t1", 1, 2, vid.boxes_a())),
+                         NewKey(x[1], "enc", "B", Where("cam1", VIDEO_ID, "t2", 1, 2, vid.boxes_b()))])
+        result, grants = c.match_with_grants(x[0], "enc", "all", top_k=2)
+    assert result.results[0].accepted and grants[0]
+    _, stub = recovery(keystore=ks.address)
+    code, _ = status_of(lambda: stub.Recover(pb.RecoverRequest(grant=grants[0], key_ids=[b.key_id], size=32)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED  # B's key is not in A's grant
+    r = stub.Recover(pb.RecoverRequest(grant=grants[0], key_ids=[a.key_id], size=32))
+    assert r.faces[0].identity_id == "A"
