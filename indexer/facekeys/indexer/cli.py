@@ -199,12 +199,18 @@ def format_result(r: FileResult) -> str:
     notes = f" ({'; '.join(r.notes)})" if r.notes else ""
     if r.status == "done":
         fps = f", {r.frames / r.seconds_video:.1f} fps" if r.seconds_video > 0 else ""
-        keys = f", keys {r.keys} in {r.seconds_keys:.1f} s" if r.seconds_keys > 0 or r.keys else ""
+        keys = f", {r.keys} keys enrolled (extraction {r.seconds_keys:.1f} s)" if r.keys else ""
         return (f"done    {r.path}: {r.frames} frames, {r.tracks} face tracks{keys}{fps} -> {r.output} "
                 f"[video_id {r.video_id[:16]}]{notes}")
     if r.status == "skipped":
         return f"skipped {r.path}: {r.reason} [video_id {r.video_id[:16]}]{notes}"
-    return f"FAILED  {r.path}: {r.reason}{notes}"
+    return f"FAILED  {r.path}: {_short_reason(r)}{notes}"
+
+
+def _short_reason(r: FileResult) -> str:
+    """The reason without the path repeated (VideoError messages name the file)."""
+    q = repr(str(r.path))
+    return r.reason.replace(f": {q}", "").replace(f"{q}: ", "").replace(f" {q}", "")
 
 
 def summary(run: RunResult, seconds: float) -> str:
@@ -219,7 +225,9 @@ def summary(run: RunResult, seconds: float) -> str:
     line += (f"; {sum(r.tracks for r in by['done'])} face tracks, {sum(r.keys for r in run.results)} keys enrolled; "
              f"{frames} frames")
     if vsec > 0:
-        line += f" at {frames / vsec:.1f} fps (video), key extraction {ksec:.1f} s"
+        line += f" at {frames / vsec:.1f} fps (video)"
+    if any(r.keys for r in by["done"]):
+        line += f", key extraction {ksec:.1f} s"
     return line + f"; {seconds:.1f} s"
 
 
@@ -321,7 +329,7 @@ def main(argv: list[str]) -> int:
     if args.report:
         args.report.write_text(json.dumps(_report_json(run), indent=1))
     for r in run.failed:
-        print(f"facekeys: error: {r.path}: {r.reason}", file=sys.stderr)
+        print(f"facekeys: error: {r.path}: {_short_reason(r)}", file=sys.stderr)
     if run.fatal:
         print(f"facekeys: error: key store: {run.fatal} (the journal keeps what was done; rerun to continue)",
               file=sys.stderr)

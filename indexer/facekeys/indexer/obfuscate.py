@@ -20,6 +20,8 @@ class ObfuscationConfig:
     method: str = "mosaic"  # "mosaic" | "blur" | "fill"
     margin: float = 0.2  # added on every side, as a fraction of the box's width / height
     mosaic_blocks: int = 6  # blocks across the face box; 6 keeps even a face detector from firing (8: 0.57)
+    mosaic_min_block: int = 8  # px: small faces get fewer, larger blocks (a 26 px face in 6 blocks of 4 px
+    #                            still fires CenterFace at 0.52; with 8 px blocks nothing fires even at 0.3)
     blur_sigma: float = 0.2  # gaussian sigma as a fraction of the larger box side
     fill_color: tuple[int, int, int] = (0, 0, 0)  # RGB for "fill"
 
@@ -30,6 +32,8 @@ class ObfuscationConfig:
             raise InvalidArgument(f"ObfuscationConfig.margin must be in [0, 2], got {self.margin}")
         if not 2 <= self.mosaic_blocks <= 32:
             raise InvalidArgument(f"ObfuscationConfig.mosaic_blocks must be in [2, 32], got {self.mosaic_blocks}")
+        if not 1 <= self.mosaic_min_block <= 64:
+            raise InvalidArgument(f"ObfuscationConfig.mosaic_min_block must be in 1..64 px, got {self.mosaic_min_block}")
         if not 0.05 <= self.blur_sigma <= 2.0:
             raise InvalidArgument(f"ObfuscationConfig.blur_sigma must be in [0.05, 2], got {self.blur_sigma}")
         if len(self.fill_color) != 3 or not all(0 <= int(c) <= 255 for c in self.fill_color):
@@ -64,7 +68,7 @@ def obfuscate(frame: np.ndarray, boxes: Iterable, cfg: ObfuscationConfig = Obfus
         if cfg.method == "fill":
             roi[:] = np.asarray(cfg.fill_color, dtype=np.uint8)
         elif cfg.method == "mosaic":
-            block = max(1.0, max(bw, bh) / cfg.mosaic_blocks)  # block side in pixels
+            block = max(float(cfg.mosaic_min_block), max(bw, bh) / cfg.mosaic_blocks)  # block side in pixels
             nx = max(1, round((x1 - x0) / block))
             ny = max(1, round((y1 - y0) / block))
             small = cv2.resize(roi, (nx, ny), interpolation=cv2.INTER_AREA)

@@ -60,7 +60,7 @@ class VideoReader:
         try:
             self._c = av.open(str(path), mode="r")
         except (av.error.FFmpegError, UnicodeDecodeError) as e:
-            raise VideoError(f"cannot open {str(path)!r} as a video: {e}") from e
+            raise VideoError(f"cannot open {str(path)!r} as a video (not a video, or truncated/corrupt): {e}") from e
         self.path = path
         try:
             if not self._c.streams.video:
