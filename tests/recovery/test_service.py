@@ -22,6 +22,7 @@ from facekeys.client import Client
 from facekeys.records import NewKey, Where
 from facekeys.recovery import RecoveryConfig, RecoveryServer
 from facekeys.recovery.reveal import PlacementConfig, region
+from facekeys.recovery.video import OutputVideoConfig
 from facekeys.security.grants import GrantSigner
 from facekeys.v1 import recovery_pb2 as pb
 from facekeys.v1 import recovery_pb2_grpc as pb_grpc
@@ -132,7 +133,7 @@ def test_reveal_changes_only_the_granted_identitys_regions(keystore, recovery, r
 
 def test_reveal_with_a_derived_output_name_and_an_existing_output(keystore, recovery, roots, signer, source_video):
     _, ids, _ = keystore
-    _, stub = recovery(output=__import__("facekeys.recovery.video", fromlist=["x"]).OutputVideoConfig("ffv1"))
+    _, stub = recovery(output=OutputVideoConfig("ffv1"))
     (roots[1] / "taken.mkv").write_bytes(b"x")
     grant = signer.sign([ids["A"]], "A", "anonymous")
     req = pb.RevealRequest(grant=grant, key_ids=[ids["A"]], videos=[pb.RevealVideo(video_path=video_path(source_video),
@@ -244,7 +245,7 @@ def test_authenticated_service_uses_the_callers_name_and_audits(keystore, recove
     assert [(r["who"], r["action"], r["decision"].split(":")[0]) for r in records] == [("alice", "Recover", "refused")]
 
 
-def test_grant_from_a_real_match(server_factory, recovery, grant_keys, vid, generator):
+def test_grant_from_a_real_match(server_factory, recovery, grant_keys, vid):
     """The key store signs the grant in Match (--grant-key-file); the recovery service accepts exactly it."""
     from facekeys.security.config import SecurityConfig
 
