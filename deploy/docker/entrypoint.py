@@ -12,11 +12,15 @@ Where settings come from, later ones winning:
   1. the config file: $FACEKEYS_CONFIG, else /etc/facekeys/<command>.toml if it exists. Flat TOML, one
      key per command-line flag: `map_size = "64G"` -> `--map-size 64G`; `true` -> `--flag`; `false` -> left out.
   2. the environment: FACEKEYS_<FLAG> -> --<flag>, e.g. FACEKEYS_MAP_SIZE=128G -> --map-size 128G.
-     (FACEKEYS_CONFIG, FACEKEYS_HEALTH_* and FACEKEYS_ENTRYPOINT_* are the entrypoint's own; Kubernetes
-     service-link variables such as FACEKEYS_KEYSTORE_SERVICE_HOST are ignored.)
+     (FACEKEYS_CONFIG, FACEKEYS_PROBE_* (the health probe's) and FACEKEYS_ENTRYPOINT_* are not flags, so
+     FACEKEYS_HEALTH_PORT=50060 is `--health-port 50060`; Kubernetes service-link variables such as
+     FACEKEYS_KEYSTORE_SERVICE_HOST are ignored.)
   3. secrets from mounted files: FACEKEYS_<FLAG>_FILE=/run/secrets/x (or `<flag>_file = "..."` in the
      file). If the command has a `--<flag>-file` option the path is passed through (the secret never
-     appears in the process list); otherwise the file's content, stripped, becomes --<flag>.
+     appears in the process list); otherwise the file's content, stripped, becomes --<flag>. Keys that
+     name a `--*-file` option themselves (credentials_file, audit_key_file, transform_secret_file,
+     master_key_file, grant_key_file, keystore_token_file) are therefore paths, checked to exist at start.
+     For delegated commands (recover-serve, index) the parser is not consulted: every `*_file` is a path.
   4. flags given after the command on the container's command line.
 For `serve` every key is checked against the real `facekeys serve` parser, so a typo fails at start
 instead of being ignored. FACEKEYS_ENTRYPOINT_DRY_RUN=1 prints the final argv as JSON and exits.
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 PREFIX = "FACEKEYS_"
-RESERVED = ("FACEKEYS_CONFIG", "FACEKEYS_HEALTH_", "FACEKEYS_ENTRYPOINT_")
+RESERVED = ("FACEKEYS_CONFIG", "FACEKEYS_PROBE_", "FACEKEYS_ENTRYPOINT_")
 # Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://..., <SERVICE>_PORT_50051_TCP_* for every
 # Service in the namespace; a Service named facekeys-* would otherwise turn into bogus flags. (The manifests
 # also set enableServiceLinks: false.)

@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
 # facekeys key store (CPU; faiss-cpu). Build from the repository root:
 #   docker build -f deploy/docker/keystore.Dockerfile -t facekeys/keystore:0.1.0 .
-# Run:
-#   docker run --init -v facekeys-data:/data -p 127.0.0.1:50051:50051 -p 127.0.0.1:9100:9100 facekeys/keystore:0.1.0
-# Settings: /etc/facekeys/serve.toml (mount deploy/config/serve.toml), FACEKEYS_* env, *_FILE secrets;
-# see deploy/docker/entrypoint.py. There is no GPU variant: the engine has no GPU index mode yet
+# Run (secure by default: TLS, credentials and audit are required to listen on 0.0.0.0; make the
+# secrets with `docker run --rm --user "$(id -u)" -v "$PWD/fk-secrets:/out" --entrypoint facekeys-bootstrap
+# facekeys/keystore:0.1.0 --dir /out`, see deploy/README.md "Secrets"):
+#   docker run --init -v facekeys-data:/data -v "$PWD/fk-secrets/keystore:/run/secrets/facekeys:ro" \
+#     -p 127.0.0.1:50051:50051 facekeys/keystore:0.1.0
+# Settings: /etc/facekeys/serve.toml (deploy/config/serve.toml), FACEKEYS_* env, *_FILE secrets;
+# see deploy/docker/entrypoint.py. Ports: 50051 gRPC (TLS), 9100 metrics, 50060 health only (plaintext). There is no GPU variant: the engine has no GPU index mode yet
 # (when it has: swap faiss-cpu for faiss-gpu-cu12 in a CUDA build of this file).
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -36,6 +39,7 @@ COPY --from=build /opt/facekeys /opt/facekeys
 COPY --chmod=0755 deploy/docker/entrypoint.py /usr/local/bin/facekeys-entrypoint
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/facekeys-health
 COPY --chmod=0755 deploy/backup.py /usr/local/bin/facekeys-backup
+COPY --chmod=0755 deploy/bootstrap_secrets.py /usr/local/bin/facekeys-bootstrap
 COPY deploy/config/serve.toml /etc/facekeys/serve.toml
 ENV PATH=/opt/facekeys/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -45,8 +49,9 @@ ENV PATH=/opt/facekeys/bin:$PATH \
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 50051 9100
+EXPOSE 50051 9100 50060
 # Long start period: at start-up the index is rebuilt from LMDB (about 2,000 keys/s per core measured).
+# facekeys-health probes the plaintext health-only port (health_port in serve.toml).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
   CMD ["facekeys-health"]
 STOPSIGNAL SIGTERM

@@ -2,7 +2,8 @@
 # facekeys recovery service, CPU variant (StyleGAN2 generator on CPU torch). From the repository root:
 #   docker build -f deploy/docker/recovery-cpu.Dockerfile -t facekeys/recovery:0.1.0-cpu .
 # The generator checkpoint is not in the image: mount it read-only at /models (see deploy/compose.yaml).
-# `facekeys recover-serve` ships with the recovery issue; until then this image builds but exits at start.
+# Secure by default: needs its secrets (TLS, revealer credentials, audit key, key store CA + token, grant.pub,
+# transform secret: the recovery/ folder of `facekeys-bootstrap`) at /run/secrets/facekeys, see deploy/README.md.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -38,7 +39,7 @@ ENV PATH=/opt/facekeys/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     FACEKEYS_HOST=0.0.0.0 \
-    FACEKEYS_HEALTH_COMMAND=recover-serve
+    FACEKEYS_PROBE_COMMAND=recover-serve
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]

@@ -52,3 +52,22 @@ def free_port() -> int:
 def load_yaml_docs(path: Path) -> list:
     yaml = pytest.importorskip("yaml") if not in_ci() else __import__("yaml")
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+SECRETS_MOUNT = "/run/secrets/facekeys/"
+
+
+def bootstrap(out: Path) -> Path:
+    """Run deploy/bootstrap_secrets.py (the image's facekeys-bootstrap) into `out`; returns `out`."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(DEPLOY / "bootstrap_secrets.py"), "--dir", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def localize(toml_text: str, secrets_dir: Path, data_dir: Path) -> str:
+    """A shipped config with its container paths (/run/secrets/facekeys/..., /data...) moved to local folders."""
+    return (toml_text.replace(SECRETS_MOUNT, f"{secrets_dir}/")
+            .replace('"/data"', f'"{data_dir}"').replace('"/data/', f'"{data_dir}/'))
