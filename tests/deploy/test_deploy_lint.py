@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deploytools import DEPLOY, ROOT, load_yaml_docs, require_tool
+from deploytools import DEPLOY, ROOT, SECRETS_MOUNT, find_tool, load_yaml_docs, localize, require_tool
 
 PROM = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
@@ -339,7 +339,43 @@ def test_compose_references():
     assert targets["facekeys-keystore"] == f"keystore:{serve['metrics_port']}"
     assert targets["facekeys-recovery"] == f"recovery:{rec['metrics_port']}"
     assert str(serve["metrics_port"]) in services["keystore"]["expose"]
+    assert str(serve["health_port"]) in services["keystore"]["expose"]  # not published: probes run inside
     assert f"127.0.0.1:{serve['port']}:{serve['port']}" in services["keystore"]["ports"]
+    assert all(str(serve["health_port"]) not in p for p in services["keystore"]["ports"])
+
+
+def _secret_paths(toml_text: str) -> set[str]:
+    """File names under /run/secrets/facekeys/ that a service config refers to."""
+    return {v[len(SECRETS_MOUNT):] for v in tomllib.loads(toml_text).values()
+            if isinstance(v, str) and v.startswith(SECRETS_MOUNT)}
+
+
+BOOTSTRAP_DIR = {"keystore": "keystore", "recovery": "recovery"}  # compose service -> facekeys-bootstrap folder
+CONFIG_OF = {"keystore": "serve.toml", "recovery": "recover-serve.toml"}
+
+
+def test_compose_secrets_cover_the_configs(deployment_secrets):
+    """Every /run/secrets/facekeys/<file> a config names is a compose secret of that service, read from
+    the file facekeys-bootstrap writes under deploy/secrets/facekeys/<service>/ (what up.sh runs)."""
+    (c,) = load_yaml_docs(DEPLOY / "compose.yaml")
+    top = c["secrets"]
+    for svc, folder in BOOTSTRAP_DIR.items():
+        wanted = _secret_paths((DEPLOY / "config" / CONFIG_OF[svc]).read_text())
+        mounted = {}
+        for sec in c["services"][svc]["secrets"]:
+            assert sec["target"].startswith(SECRETS_MOUNT), sec
+            mounted[sec["target"][len(SECRETS_MOUNT):]] = top[sec["source"]]["file"]
+        assert wanted <= set(mounted), (svc, wanted - set(mounted))
+        for name, src in mounted.items():
+            assert src == f"./secrets/facekeys/{folder}/{name}", (svc, name, src)
+            assert (deployment_secrets / folder / name).is_file(), f"facekeys-bootstrap does not write {folder}/{name}"
+    # up.sh's one-shot container writes exactly there, and nothing in it is published or networked
+    init = c["services"]["secrets-init"]
+    assert init["profiles"] == ["tools"] and init["network_mode"] == "none"
+    assert init["command"] == ["--dir", "/secrets/facekeys"] and "./secrets:/secrets" in init["volumes"]
+    assert init["entrypoint"] == ["facekeys-bootstrap"]
+    assert "facekeys-bootstrap" in (DOCKER / "keystore.Dockerfile").read_text()
+    assert "secrets-init" in (DEPLOY / "up.sh").read_text()
 
 
 # -- Kubernetes --------------------------------------------------------------------------------------------
@@ -396,11 +432,9 @@ def test_services_select_their_pods_and_ports():
 def test_workloads_probe_and_secure():
     sts = _get("StatefulSet", "facekeys-keystore")
     dep = _get("Deployment", "facekeys-recovery")
-    for w, port, metrics in ((sts, 50051, "9100"), (dep, 50052, "9101")):
+    for w, metrics in ((sts, "9100"), (dep, "9101")):
         spec = w["spec"]["template"]["spec"]
         (c,) = spec["containers"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"]["port"] == port, probe
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
         assert c["resources"]["limits"]["memory"]
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
@@ -408,32 +442,148 @@ def test_workloads_probe_and_secure():
         assert spec["enableServiceLinks"] is False
         ann = w["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == metrics
-    assert sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["service"] == "facekeys.v1.KeyStore"
+    # Key store: native gRPC probes on the plaintext health-only port (the gRPC port speaks TLS).
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    serve = tomllib.loads(_get("ConfigMap", "facekeys-keystore-config")["data"]["serve.toml"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["health"] == serve["health_port"] != serve["port"] == ports["grpc"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"]["port"] == serve["health_port"], probe
+    assert c["readinessProbe"]["grpc"]["service"] == "facekeys.v1.KeyStore"
+    for svc in (o for o in _objects() if o["kind"] == "Service"):
+        assert all(p["port"] != serve["health_port"] for p in svc["spec"]["ports"]), "health port is probe-only"
+    # Recovery: no health-only port yet, so exec probes running facekeys-health (TLS, see healthcheck.py).
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["exec"]["command"][0] == "facekeys-health", probe
+    assert {"name": "FACEKEYS_PROBE_COMMAND", "value": "recover-serve"} in c["env"]
     mounts = {m["name"]: m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert mounts["data"] == "/data" and sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # The recovery audit log lives on a PVC, not an emptyDir.
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert "persistentVolumeClaim" in vols["data"]
+    _get("PersistentVolumeClaim", vols["data"]["persistentVolumeClaim"]["claimName"])
 
 
-def test_keystore_configmap_is_a_valid_serve_config(tmp_path, monkeypatch):
-    """The ConfigMap's serve.toml goes through the image's entrypoint and the real `facekeys serve`
-    parser and config validation."""
+def _kustomization() -> dict:
+    (k,) = load_yaml_docs(K8S / "kustomization.yaml")
+    return k
+
+
+def test_secrets_are_mounted_read_only_and_generated(deployment_secrets):
+    """Each workload mounts its own Secret read-only (no subPath: updates propagate) at /run/secrets/facekeys;
+    the Secret is generated from facekeys-bootstrap's folder and has a key for every file its config names."""
+    gens = {g["name"]: g for g in _kustomization()["secretGenerator"]}
+    assert _kustomization()["generatorOptions"]["disableNameSuffixHash"] is True
+    for kind, name, cm, key, folder in (
+            ("StatefulSet", "facekeys-keystore", "facekeys-keystore-config", "serve.toml", "keystore"),
+            ("Deployment", "facekeys-recovery", "facekeys-recovery-config", "recover-serve.toml", "recovery")):
+        spec = _get(kind, name)["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        (m,) = [m for m in c["volumeMounts"] if m["mountPath"] == SECRETS_MOUNT.rstrip("/")]
+        assert m["readOnly"] is True and "subPath" not in m
+        (vol,) = [v for v in spec["volumes"] if v["name"] == m["name"]]
+        secret = vol["secret"]["secretName"]
+        assert vol["secret"]["defaultMode"] in (0o400, 0o440)
+        gen = gens[secret]
+        files = dict(f.split("=", 1) for f in gen["files"])
+        assert _secret_paths(_get("ConfigMap", cm)["data"][key]) <= set(files), (secret, files)
+        for k, src in files.items():
+            assert src == f"secrets/{folder}/{k}", (secret, k, src)
+            assert (deployment_secrets / folder / k).is_file(), f"facekeys-bootstrap does not write {folder}/{k}"
+    # Nothing under deploy/k8s/secrets/ but its .gitignore may ever be committed.
+    ignore = (K8S / "secrets" / ".gitignore").read_text().splitlines()
+    assert "*" in ignore and "!.gitignore" in ignore
+    assert not any(o["kind"] == "Secret" for o in _objects()), "no Secret objects (placeholders) in the manifests"
+
+
+def test_kustomize_builds_with_bootstrap_output(tmp_path, deployment_secrets):
+    """`kubectl kustomize` (where kubectl is installed) fails without the secrets folder and builds both
+    Secrets with the bootstrap output. Optional: the check above covers the wiring without kubectl."""
+    kubectl = find_tool("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    import shutil
+
+    k = tmp_path / "k8s"
+    shutil.copytree(K8S, k, ignore=shutil.ignore_patterns("secrets"))
+    assert run([kubectl, "kustomize", k]).returncode != 0  # fails closed
+    for folder in ("keystore", "recovery"):
+        shutil.copytree(deployment_secrets / folder, k / "secrets" / folder)
+    r = run([kubectl, "kustomize", k])
+    assert ok(r), show(r)
+    yaml = pytest.importorskip("yaml")
+    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "Secret"}
+    assert set(secrets) == {"facekeys-keystore-secrets", "facekeys-recovery-secrets"}
+    assert {"tls.crt", "tls.key", "credentials.json", "audit.key", "master.key"} <= set(secrets["facekeys-keystore-secrets"]["data"])
+    assert "master.key" not in secrets["facekeys-recovery-secrets"]["data"]  # least privilege
+
+
+def _keystore_configs() -> list[tuple[str, str]]:
+    return [("k8s ConfigMap", _get("ConfigMap", "facekeys-keystore-config")["data"]["serve.toml"]),
+            ("config/serve.toml", (DEPLOY / "config" / "serve.toml").read_text())]
+
+
+def test_keystore_configmap_is_a_valid_serve_config(tmp_path, deployment_secrets):
+    """The ConfigMap's serve.toml (and config/serve.toml) go through the image's entrypoint and the real
+    `facekeys serve` parser and config validation, with facekeys-bootstrap's secrets in place of the
+    mounted Secret: listening on 0.0.0.0 is accepted because TLS, credentials and audit are configured."""
     sys.path.insert(0, str(DOCKER))
     import entrypoint
     from facekeys.cli import _server_config, build_parser
+    from facekeys.errors import InvalidArgument
 
-    cm = _get("ConfigMap", "facekeys-keystore-config")
-    for source in (cm["data"]["serve.toml"], (DEPLOY / "config" / "serve.toml").read_text()):
+    for what, source in _keystore_configs():
+        raw = tomllib.loads(source)
+        assert raw["data_dir"] == "/data" and raw["audit_log"].startswith("/data/"), what
+        assert raw.get("insecure") is not True, what
         f = tmp_path / "serve.toml"
-        f.write_text(source)
+        f.write_text(localize(source, deployment_secrets / "keystore", tmp_path / "data"))
         argv = entrypoint.build_argv("serve", [], {"FACEKEYS_CONFIG": str(f)})
         cfg = _server_config(build_parser().parse_args(argv))
-        assert cfg.port == 50051 and cfg.metrics_port == 9100 and str(cfg.data_dir) == "/data"
-        assert cfg.host == "0.0.0.0"
+        assert cfg.port == 50051 and cfg.metrics_port == 9100 and cfg.health_port == 50060, what
+        assert str(cfg.data_dir) == str(tmp_path / "data") and cfg.host == "0.0.0.0", what
+        sec = cfg.security
+        for field in ("tls_cert", "tls_key", "credentials_file", "audit_log", "audit_key_file", "grant_key_file",
+                      "transform_secret_file", "master_key_file"):
+            assert getattr(sec, field) is not None, (what, field)
+        assert sec.authenticated and not sec.insecure
+        # The security check is real: the same config without credentials is refused.
+        bare = "\n".join(l for l in f.read_text().splitlines() if not l.startswith("credentials_file"))
+        f.write_text(bare)
+        with pytest.raises(InvalidArgument, match="refusing to listen on 0.0.0.0"):
+            _server_config(build_parser().parse_args(entrypoint.build_argv("serve", [], {"FACEKEYS_CONFIG": str(f)})))
+    # The two copies agree on everything but the map size (the ConfigMap's fits the PVC).
+    (_, a), (_, b) = _keystore_configs()
+    a, b = tomllib.loads(a), tomllib.loads(b)
+    a.pop("map_size"), b.pop("map_size")
+    assert a == b
+    cm = _get("ConfigMap", "facekeys-keystore-config")
     pvc = _get("StatefulSet", "facekeys-keystore")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
     from facekeys.cli import parse_size
 
     map_size = parse_size(tomllib.loads(cm["data"]["serve.toml"])["map_size"])
     assert map_size < parse_size(pvc), "the LMDB map must fit on the volume"
+
+
+def test_recovery_configs_are_valid_recover_serve_configs(tmp_path, deployment_secrets):
+    """config/recover-serve.toml and the recovery ConfigMap parse with the real `facekeys recover-serve`
+    parser (the entrypoint passes delegated commands' keys unchecked) and pass its security check."""
+    rcli = pytest.importorskip("facekeys.recovery.cli", reason="recovery service not installed")
+    sys.path.insert(0, str(DOCKER))
+    import entrypoint
+
+    sources = [(DEPLOY / "config" / "recover-serve.toml").read_text(),
+               _get("ConfigMap", "facekeys-recovery-config")["data"]["recover-serve.toml"]]
+    assert tomllib.loads(sources[0]) == tomllib.loads(sources[1])
+    f = tmp_path / "recover-serve.toml"
+    f.write_text(localize(sources[0], deployment_secrets / "recovery", tmp_path / "data"))
+    argv = entrypoint.build_argv("recover-serve", [], {"FACEKEYS_CONFIG": str(f)})
+    cfg = rcli.config_from_args(rcli.build_parser().parse_args(argv[1:]))
+    assert cfg.host == "0.0.0.0" and cfg.port == 50052 and cfg.metrics_port == 9101
+    assert cfg.keystore == "facekeys-keystore:50051" and cfg.keystore_token_file and cfg.keystore_tls_ca
+    assert cfg.grant_public_key and cfg.security.authenticated and cfg.security.tls_cert
 
 
 def _peer_admits(peer: dict, pod_labels: dict) -> bool:
