@@ -7,14 +7,23 @@
 
 `backup` is LMDB's own hot copy (mdb_copy -c, here py-lmdb's Environment.copy(compact=True)): it reads
 one read-only transaction, so the copy is the store exactly as of one commit, while enrolments go on.
-Every acknowledged enrolment is in LMDB (the vector indexes are rebuilt from it at start-up), so the
-LMDB copy is the whole backup. The backup folder holds lmdb/data.mdb and MANIFEST.json (sha256, entry
-counts per table); it appears under its final name only when complete.
+Every acknowledged enrolment is in LMDB (the vector indexes are rebuilt from it at start-up).
 
-`restore` verifies the backup, then lays data.mdb into <data-dir>/lmdb. It refuses a data directory
-that already holds a store unless --force, which moves the current contents aside into
-<data-dir>/pre-restore-<time>/ (delete that once the restored store checks out). Exit status 0 on
-success, 1 on any failure, with one `facekeys-backup: error: ...` line on stderr.
+With encryption at rest (`--master-key-file`) the per-identity data keys live in <data-dir>/keyring,
+and an LMDB copy without it is undecryptable: the keyring is copied too, while the LMDB snapshot's read
+transaction is still open. A data key is written (and fsynced) before the LMDB commit that first uses
+it, so that copy holds a key for every identity in the snapshot; an identity erased (crypto-shredded)
+after the snapshot began stays erased in the backup. The master key is NOT in the backup (keep it apart).
+
+The backup folder holds lmdb/data.mdb, keyring (if the store has one) and MANIFEST.json (sha256, sizes,
+entry counts per table); it appears under its final name only when complete.
+
+`restore` verifies the backup, then lays data.mdb into <data-dir>/lmdb and the keyring into
+<data-dir>/keyring. It refuses a data directory that already holds a store unless --force, which moves
+the current contents aside into <data-dir>/pre-restore-<time>/ (delete that once the restored store
+checks out). The audit log folder <data-dir>/audit is left in place either way: audit history is never
+rolled back by a restore. Exit status 0 on success, 1 on any failure, with one
+`facekeys-backup: error: ...` line on stderr.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ from pathlib import Path
 import lmdb
 
 MANIFEST = "MANIFEST.json"
-FORMAT = 1
+FORMAT = 1  # still 1: a manifest without "keyring" is a backup of a store without encryption at rest
+KEYRING = "keyring"  # <data-dir>/keyring: per-identity data keys (facekeys.security.crypto.Keyring)
+KEYRING_SLOT = 128  # bytes per keyring slot; byte 0 is 1 for a slot in use
+KEEP_ON_RESTORE = ("audit",)  # never moved aside or replaced by a restore
 
 
 class BackupError(Exception):
@@ -87,11 +99,14 @@ def backup(data_dir: Path, out: Path, compact: bool = True) -> dict:
         shutil.rmtree(partial)  # left by an interrupted run
     (partial / "lmdb").mkdir(parents=True)
     t0 = time.monotonic()
+    keyring = Path(data_dir) / KEYRING
     env = _open(src, readonly=True, lock=True)  # lock=True: a registered reader, safe beside the server
     try:
         with env.begin() as txn:  # one snapshot for the counts and the copy
             txn_id = txn.id()
             env.copy(str(partial / "lmdb"), compact=compact, txn=txn)
+            if keyring.is_file():  # after the snapshot began: covers every identity in it (see above)
+                shutil.copyfile(keyring, partial / KEYRING)
     finally:
         env.close()
     copy = _open(partial / "lmdb", readonly=True, lock=False)
@@ -111,10 +126,11 @@ def backup(data_dir: Path, out: Path, compact: bool = True) -> dict:
         "sha256": _sha256(data),
         "tables": counts,
         "keys": counts.get("meta"),
+        "keyring": _keyring_info(partial / KEYRING) if (partial / KEYRING).is_file() else None,
         "seconds": round(time.monotonic() - t0, 3),
     }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    for p in (data, partial / MANIFEST):
+    for p in (data, partial / MANIFEST, *([partial / KEYRING] if manifest["keyring"] else [])):
         with open(p, "rb") as f:
             os.fsync(f.fileno())
     _fsync_dir(partial / "lmdb")
@@ -122,6 +138,14 @@ def backup(data_dir: Path, out: Path, compact: bool = True) -> dict:
     partial.rename(out)
     _fsync_dir(out.parent)
     return manifest
+
+
+def _keyring_info(path: Path) -> dict:
+    raw = path.read_bytes()
+    if len(raw) % KEYRING_SLOT:
+        raise BackupError(f"keyring {path}: size {len(raw)} is not a multiple of {KEYRING_SLOT} (damaged)")
+    used = sum(1 for i in range(0, len(raw), KEYRING_SLOT) if raw[i] == 1)
+    return {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "slots_used": used}
 
 
 def verify(backup_dir: Path) -> dict:
@@ -145,6 +169,14 @@ def verify(backup_dir: Path) -> dict:
         env.close()
     if counts != manifest["tables"]:
         raise BackupError(f"entry counts {counts} != manifest {manifest['tables']}")
+    if manifest.get("keyring"):
+        kr = backup_dir / KEYRING
+        if not kr.is_file():
+            raise BackupError(f"{kr} is missing: the store was encrypted at rest, its LMDB copy alone is useless")
+        info = _keyring_info(kr)
+        if info["sha256"] != manifest["keyring"]["sha256"]:
+            raise BackupError(f"{kr}: sha256 {info['sha256']} != manifest {manifest['keyring']['sha256']} "
+                              "(corrupt or altered)")
     return manifest
 
 
@@ -152,14 +184,14 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False) -> dict:
     manifest = verify(backup_dir)
     data_dir = Path(data_dir)
     target = data_dir / "lmdb"
-    if data_dir.exists() and any(data_dir.iterdir()):
+    if data_dir.exists() and any(p.name not in KEEP_ON_RESTORE for p in data_dir.iterdir()):
         if not force:
             raise BackupError(f"{data_dir} is not empty; stop the server and pass --force to move its "
                               "contents aside, or restore into an empty directory")
         aside = data_dir / f"pre-restore-{dt.datetime.now().strftime('%Y%m%dT%H%M%S')}"
         aside.mkdir()
         for p in list(data_dir.iterdir()):
-            if p != aside and not p.name.startswith("pre-restore-"):
+            if p != aside and not p.name.startswith("pre-restore-") and p.name not in KEEP_ON_RESTORE:
                 p.rename(aside / p.name)
     target.mkdir(parents=True, exist_ok=True)
     partial = target / "data.mdb.partial"
@@ -168,6 +200,14 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False) -> dict:
         os.fsync(f.fileno())
     partial.rename(target / "data.mdb")
     _fsync_dir(target)
+    if manifest.get("keyring"):
+        partial = data_dir / (KEYRING + ".partial")
+        shutil.copyfile(backup_dir / KEYRING, partial)
+        os.chmod(partial, 0o600)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        partial.rename(data_dir / KEYRING)
+        _fsync_dir(data_dir)
     env = _open(target, readonly=False, lock=True)  # also creates lock.mdb the way the server expects
     try:
         counts = table_counts(env)
@@ -181,7 +221,7 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="facekeys-backup", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("backup", help="hot, consistent copy of <data-dir>/lmdb into a new folder")
+    p = sub.add_parser("backup", help="hot, consistent copy of <data-dir>/lmdb (+ keyring) into a new folder")
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="backup folder to create (must not exist)")
     p.add_argument("--no-compact", action="store_true", help="page-for-page copy (keeps free pages)")

@@ -5,7 +5,8 @@
 #   deploy/backup.sh compose DEST_DIR            # the compose stack's key store container
 #   deploy/backup.sh k8s     DEST_DIR [POD]      # the StatefulSet pod (default facekeys-keystore-0, ns facekeys)
 #
-# DEST_DIR/<UTC time>/ receives lmdb/data.mdb + MANIFEST.json. Restore: deploy/restore.sh.
+# DEST_DIR/<UTC time>/ receives lmdb/data.mdb, keyring (encryption at rest) + MANIFEST.json. The master
+# key is never in a backup: keep it apart. Restore: deploy/restore.sh.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -37,7 +38,7 @@ case "$mode" in
     "$python" "$here/backup.py" verify "$2/$stamp"
     ;;
   *)
-    sed -n '2,9p' "$0" >&2
+    sed -n '2,10p' "$0" >&2
     exit 2
     ;;
 esac

@@ -24,12 +24,14 @@ def tool(*args, check=True) -> subprocess.CompletedProcess:
     return r
 
 
-def start(data_dir):
+def start(data_dir, master_key_file=None):
+    from facekeys.security.config import SecurityConfig
     from facekeys.server import KeyStoreServer, ServerConfig
     from facekeys.store import StoreConfig
 
     return KeyStoreServer(ServerConfig(data_dir=data_dir, host="127.0.0.1", port=0, metrics_port=-1, workers=4,
-                                       store=StoreConfig(map_size=1 << 30))).start()
+                                       store=StoreConfig(map_size=1 << 30),
+                                       security=SecurityConfig(master_key_file=master_key_file))).start()
 
 
 def top_hits(client, latents, metric):
@@ -80,6 +82,7 @@ def test_hot_backup_wipe_restore_every_key_matches(tmp_path):
             live_keys = c.stats().keys
         assert len(lat) <= manifest["keys"] <= live_keys
         assert manifest["tables"]["meta"] == manifest["tables"]["latent"] == manifest["keys"]
+        assert manifest["keyring"] is None  # no encryption at rest here
     finally:
         srv.stop(grace=0)
 
@@ -102,6 +105,56 @@ def test_hot_backup_wipe_restore_every_key_matches(tmp_path):
             # and the restored store takes new keys with fresh ids
             (k,) = c.enroll([NewKey(random_keys(1, seed=99)[0], "enc")])
             assert k.key_id > max(ids)
+    finally:
+        srv.stop(grace=0)
+
+
+def test_encrypted_store_backup_carries_the_keyring(tmp_path, deployment_secrets):
+    """With encryption at rest the keyring is part of the backup: restored with it, every key matches
+    again; a backup without it fails verification. And the hazard deploy/README.md warns about: an old
+    keyring backup brings back an identity erased (crypto-shredded) after it was taken."""
+    from facekeys.client import Client
+    from facekeys.records import NewKey
+
+    from fkhelpers import random_keys
+
+    master = deployment_secrets / "keystore" / "master.key"
+    data = tmp_path / "data"
+    lat = random_keys(12, seed=21)
+    srv = start(data, master)
+    try:
+        with Client(srv.address) as c:
+            ids = [k.key_id for k in c.enroll([NewKey(l, "enc", identity_id=f"p{i % 4}") for i, l in enumerate(lat)])]
+            before = top_hits(c, lat, "cosine")
+            assert [k for k, _ in before] == ids
+            manifest = json.loads(tool("backup", "--data-dir", data, "--out", tmp_path / "bk").stdout)
+            erased = c.delete_identity("p0")  # crypto-shredded: its keyring slot is zeroed
+            assert sorted(erased) == sorted(ids[0::4])
+    finally:
+        srv.stop(grace=0)
+    assert manifest["keyring"]["slots_used"] == 4 and (tmp_path / "bk" / "keyring").is_file()
+    assert (tmp_path / "bk" / "keyring").read_bytes() != (data / "keyring").read_bytes()  # p0's slot differs
+    tool("verify", tmp_path / "bk")
+
+    # Without its keyring an encrypted store's backup is useless: verify and restore refuse it.
+    shutil.copytree(tmp_path / "bk", tmp_path / "no-keyring")
+    (tmp_path / "no-keyring" / "keyring").unlink()
+    r = tool("verify", tmp_path / "no-keyring", check=False)
+    assert r.returncode == 1 and "keyring" in r.stderr and "useless" in r.stderr
+
+    # Restore over the live store (--force); the audit folder stays where it is.
+    (data / "audit").mkdir()
+    (data / "audit" / "audit.log").write_text("history\n")
+    tool("restore", tmp_path / "bk", "--data-dir", data, "--force")
+    assert (data / "audit" / "audit.log").read_text() == "history\n"
+    (aside,) = data.glob("pre-restore-*")
+    assert (aside / "keyring").is_file() and not (aside / "audit").exists()
+    assert (data / "keyring").read_bytes() == (tmp_path / "bk" / "keyring").read_bytes()
+    srv = start(data, master)
+    try:
+        with Client(srv.address) as c:
+            assert top_hits(c, lat, "cosine") == before  # p0 included: the old keyring resurrected it
+            assert c.get(ids[0]).identity_id == "p0"
     finally:
         srv.stop(grace=0)
 
