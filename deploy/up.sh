@@ -29,6 +29,6 @@ fi
 # Compose mounts secret files as they are on the host (owner and mode kept), and the services run as
 # uid 10001: the files the services read are 0644 inside folders only you can enter (0700).
 chmod 0700 "$here/secrets" "$fk" "$fk"/*/
-chmod 0644 "$fk"/keystore/* "$fk"/recovery/*
+chmod 0644 "$fk"/keystore/* "$fk"/recovery/* "$grafana"
 
 exec "${compose[@]}" up -d --build "$@"
