@@ -107,8 +107,10 @@ def cmd_demo(args) -> int:
                       f"best {best.identity_id} cosine={best.score:.3f} (threshold {r.threshold:.2f}, layers 1-4)")
         if args.exit:
             return 0
+        from facekeys.server.service import wait_for_signal
+
         print("serving; Ctrl-C to stop")
-        server.wait_for_signal()
+        wait_for_signal()
         return 0
     finally:
         server.stop()

@@ -22,7 +22,7 @@ COPY client ./client
 COPY server ./server
 COPY indexer ./indexer
 COPY benchmarks ./benchmarks
-RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[server,models]"
+RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[server,models,recovery]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="facekeys-recovery" \

@@ -4,24 +4,17 @@ reflection, status/metrics interceptor, optional authentication) + Prometheus, l
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 
 from facekeys.errors import InvalidArgument
-from facekeys.security.auth import AuthInterceptor
 from facekeys.security.config import Security, SecurityConfig
 from facekeys.security.grants import GrantVerifier
-from facekeys.server.interceptors import StatusInterceptor
 from facekeys.server.metrics import ServiceMetrics
+from facekeys.server.service import GrpcService, Listen, check_listen, run_until_signal
 from facekeys.v1 import recovery_pb2, recovery_pb2_grpc
 
 from .engine import KeySource, KeyStoreKeys, RecoveryEngine, load_generator
@@ -60,19 +53,18 @@ class RecoveryConfig:
     output: OutputVideoConfig = field(default_factory=OutputVideoConfig)  # codec of revealed videos
     security: SecurityConfig = field(default_factory=SecurityConfig)  # TLS, credentials, audit, key transform
 
+    @property
+    def listen(self) -> Listen:
+        return Listen(self.host, self.port, self.metrics_port, -1, self.workers, self.max_message_bytes)
+
     def __post_init__(self):
         self.security.check(self.host)
         if self.security.grant_key_file is not None:
             raise InvalidArgument("the recovery service verifies grants: give it the public key "
                                   "(--grant-public-key), never the signing key")
-        if not 0 <= self.port <= 65535:
-            raise InvalidArgument(f"port {self.port} is out of range")
-        if not -1 <= self.metrics_port <= 65535:
-            raise InvalidArgument(f"metrics_port {self.metrics_port} is out of range")
-        if self.workers < 1 or self.max_keys < 1:
-            raise InvalidArgument("workers and max_keys must be >= 1")
-        if self.max_message_bytes < MiB:
-            raise InvalidArgument("max_message_bytes must be at least 1 MiB")
+        check_listen(self.listen)
+        if self.max_keys < 1:
+            raise InvalidArgument("max_keys must be >= 1")
         if self.keystore_timeout <= 0:
             raise InvalidArgument("keystore_timeout must be > 0")
         if (self.archive_root is None) != (self.output_root is None):
@@ -88,10 +80,6 @@ class RecoveryMetrics(ServiceMetrics):
                              ["rpc"], registry=self.registry)
         self.reveal_frames = Counter("facekeys_reveal_frames", "Video frames written by Reveal",
                                      registry=self.registry)
-        if not hasattr(self, "audit_failures"):
-            self.audit_failures = Counter("facekeys_audit_write_failures",
-                                          "Audit records that could not be written (the call failed)",
-                                          registry=self.registry)
 
 
 def _read(path: Optional[Path], what: str) -> Optional[bytes]:
@@ -120,6 +108,8 @@ class RecoveryServer:
                  encoder_ids: Optional[frozenset] = None):
         self.config = config
         self.security = sec = Security(config.security, Path(config.output_root or "."))
+        self._own_keys = keys is None
+        self.keys = None
         try:
             if generator is None:
                 if config.checkpoint is None:
@@ -130,89 +120,42 @@ class RecoveryServer:
             verifier = GrantVerifier.from_file(config.grant_public_key) if config.grant_public_key else None
             if verifier is None:
                 log.warning("no grant public key: Recover and Reveal will answer FAILED_PRECONDITION")
-            self._own_keys = keys is None
             self.keys = keys if keys is not None else keystore_source(config)
             self.engine = RecoveryEngine(
                 self.keys, generator, verifier=verifier, transform=sec.transform, encoder_ids=encoder_ids,
                 archive_root=config.archive_root, output_root=config.output_root, placement=config.placement,
                 output=config.output, max_keys=config.max_keys)
+            self.metrics = RecoveryMetrics()
+            servicer = RecoveryServicer(self.engine, self.metrics, sec.audit)
+            self._service = GrpcService(config.listen, sec, self.metrics, SERVICE_NAME,
+                                        lambda s: recovery_pb2_grpc.add_RecoveryServicer_to_server(servicer, s))
         except BaseException:
-            sec.close()
+            self._close()
             raise
-        self.metrics = RecoveryMetrics()
-        options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-            interceptors=[StatusInterceptor(self.metrics)]
-            + ([AuthInterceptor(sec.credentials)] if sec.credentials is not None else []),
-            options=options, maximum_concurrent_rpcs=config.workers * 4,
-        )
-        recovery_pb2_grpc.add_RecoveryServicer_to_server(
-            RecoveryServicer(self.engine, self.metrics, sec.audit), self._grpc)
-        self._health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
-        creds = sec.server_credentials()
-        listen = f"{config.host}:{config.port}"
-        self.port = self._grpc.add_secure_port(listen, creds) if creds is not None else self._grpc.add_insecure_port(listen)
-        if self.port == 0:
-            sec.close()
-            raise InvalidArgument(f"cannot listen on {listen}")
-        self.metrics_port = None
-        self._http = None
-        if config.metrics_port >= 0:
-            self._http, _ = self.metrics.serve_http(config.host, config.metrics_port)
-            self.metrics_port = self._http.server_port
-        self._stopped = threading.Event()
+        self.port, self.metrics_port = self._service.port, self._service.metrics_port
+
+    def _close(self) -> None:
+        if self._own_keys and self.keys is not None:
+            self.keys.close()
+        self.security.close()
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.port}"
+        return self._service.address
 
     def start(self) -> "RecoveryServer":
-        self._grpc.start()
-        for name in ("", SERVICE_NAME):
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._service.start()
         log.info("recovery serving", extra={"address": self.address, "metrics_port": self.metrics_port,
                                             "keystore": self.config.keystore})
         return self
 
     def stop(self, grace: float = 5.0) -> None:
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        self._health.enter_graceful_shutdown()
-        self._grpc.stop(grace).wait()
-        if self._http is not None:
-            self._http.shutdown()
-        if self._own_keys:
-            self.keys.close()
-        self.security.close()
-        log.info("recovery stopped")
-
-    def wait_for_signal(self) -> None:
-        """Block until SIGTERM or SIGINT (main thread only)."""
-        done = threading.Event()
-
-        def on_signal(signum, frame):
-            log.info("signal %s: shutting down", signal.Signals(signum).name)
-            done.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        done.wait()
+        if self._service.stop(grace):
+            self._close()
+            log.info("recovery stopped")
 
 
 def serve(config: RecoveryConfig) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
     server = RecoveryServer(config).start()
-    print(f"facekeys recovery listening on {server.address}"
-          + (f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""), flush=True)
-    try:
-        server.wait_for_signal()
-    finally:
-        server.stop()
+    run_until_signal(server, f"facekeys recovery listening on {server.address}")
