@@ -17,6 +17,7 @@ import numpy as np
 from facekeys.errors import FacekeysError, InvalidArgument
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_RECOVERY = "127.0.0.1:50052"
 _SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -117,8 +118,10 @@ def cmd_demo(args) -> int:
 
 
 # -- client commands --------------------------------------------------------------------------------
-def _client(args):
+def _client(args, cls=None):
     from facekeys.client import Client
+
+    cls = cls or Client
 
     def read(path):
         try:
@@ -127,7 +130,7 @@ def _client(args):
             raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
 
     token = read(args.token_file)
-    return Client(args.server, timeout=args.timeout, token=token.decode().strip() if token else None,
+    return cls(args.server, timeout=args.timeout, token=token.decode().strip() if token else None,
                   tls_ca=read(args.tls_ca), client_cert=read(args.tls_cert), client_key=read(args.tls_key))
 
 
@@ -168,7 +171,13 @@ def cmd_match(args) -> int:
     probes = _load_latents(args.probe)
     flt = Filter(tuple(args.camera or ()), tuple(args.identity or ()), args.t_from, args.t_to)
     with _client(args) as client:
-        r = client.match(probes, args.encoder_id, args.layers, args.metric, args.top_k, args.threshold, flt)
+        r, grants = client.match_with_grants(probes, args.encoder_id, args.layers, args.metric, args.top_k,
+                                             args.threshold, flt)
+    if args.grant_out:
+        granted = [g for g in grants if g]
+        if not granted:
+            raise InvalidArgument("no probe was accepted (or the server issues no grants): nothing to write")
+        Path(args.grant_out).write_bytes(granted[0])
     for i, p in enumerate(r.results):
         print(json.dumps({
             "probe": i, "decision": "accepted" if p.accepted else "refused", "metric": r.metric,
@@ -176,6 +185,39 @@ def cmd_match(args) -> int:
             "hits": [{"key_id": h.key_id, "identity_id": h.identity_id, "score": h.score, "camera_id": h.camera_id,
                       "video_id": h.video_id, "track_id": h.track_id} for h in p.hits],
         }))
+    return 0
+
+
+def _grant(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read grant file {path}: {e.strerror}") from None
+
+
+def cmd_recover(args) -> int:
+    from facekeys.client import RecoveryClient
+
+    with _client(args, RecoveryClient) as client:
+        faces = client.recover(_grant(args.grant_file), args.key, args.size)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in faces:
+        path = out / f"key-{f.key_id}.png"
+        path.write_bytes(f.png)
+        print(json.dumps({"key_id": f.key_id, "identity_id": f.identity_id, "png": str(path)}))
+    return 0
+
+
+def cmd_reveal(args) -> int:
+    from facekeys.client import RecoveryClient
+
+    videos = [tuple(v.split("=", 1)) if "=" in v else (v, "") for v in args.video]
+    with _client(args, RecoveryClient) as client:
+        for v in client.reveal(_grant(args.grant_file), args.key, videos):
+            print(json.dumps({"video_path": v.video_path, "output_path": v.output_path, "key_ids": list(v.key_ids),
+                              "frames": v.frames, "frames_changed": v.frames_changed,
+                              "boxes_revealed": v.boxes_revealed, "boxes_skipped": v.boxes_skipped}))
     return 0
 
 
@@ -250,8 +292,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
                    help="allow a non-loopback listener without TLS and credentials (closed test networks only)")
 
 
-def _client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"key store address (default {DEFAULT_SERVER})")
+def _client_flags(p: argparse.ArgumentParser, default: str = DEFAULT_SERVER) -> None:
+    p.add_argument("--server", default=default, help=f"service address (default {default})")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     p.add_argument("--token-file", help="file holding this client's bearer token")
     p.add_argument("--tls-ca", help="CA certificate (PEM) of the server: use TLS")
@@ -310,7 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", action="append", help="only keys of this identity (repeatable)")
     p.add_argument("--t-from", type=float, default=0.0)
     p.add_argument("--t-to", type=float, default=0.0)
+    p.add_argument("--grant-out", help="write the reveal grant of the first accepted probe to this file")
     p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("recover", help="regenerate matched faces as PNG files (recovery service)")
+    _client_flags(p, default=DEFAULT_RECOVERY)
+    p.add_argument("--grant-file", required=True, help="written by `facekeys match --grant-out`")
+    p.add_argument("--key", type=int, action="append", required=True, help="key id (repeatable)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--out-dir", default=".")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("reveal", help="reveal matched keys in archived videos (recovery service)")
+    _client_flags(p, default=DEFAULT_RECOVERY)
+    p.add_argument("--grant-file", required=True, help="written by `facekeys match --grant-out`")
+    p.add_argument("--key", type=int, action="append", required=True, help="key id (repeatable)")
+    p.add_argument("--video", action="append", required=True,
+                   help="archive-relative video, optionally VIDEO=OUTPUT (output-relative); repeatable")
+    p.set_defaults(func=cmd_reveal)
 
     p = sub.add_parser("get", help="show one key's record")
     _client_flags(p)

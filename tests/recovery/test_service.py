@@ -261,3 +261,43 @@ def test_grant_from_a_real_match(server_factory, recovery, grant_keys, vid):
     assert code == grpc.StatusCode.PERMISSION_DENIED  # B's key is not in A's grant
     r = stub.Recover(pb.RecoverRequest(grant=grants[0], key_ids=[a.key_id], size=32))
     assert r.faces[0].identity_id == "A"
+
+
+def test_cli_match_grant_recover_reveal(server_factory, recovery, roots, grant_keys, source_video, vid, tmp_path):
+    """An investigator's path with the `facekeys` command: match -> grant file -> recover -> reveal."""
+    import json
+    import subprocess
+    import sys
+
+    from facekeys.security.config import SecurityConfig
+
+    ks = server_factory("ks-cli", security=SecurityConfig(grant_key_file=grant_keys[0]))
+    x = random_keys(2, seed=5)
+    with Client(ks.address) as c:
+        a, _ = c.enroll([NewKey(x[0], "enc", "A", Where("cam1", VIDEO_ID, "t1", 1, 2, vid.boxes_a())),
+                         NewKey(x[1], "enc", "B", Where("cam1", VIDEO_ID, "t2", 1, 2, vid.boxes_b()))])
+    srv, _ = recovery(keystore=ks.address)
+    np.save(tmp_path / "probe.npy", x[0] + 0.01)
+
+    def fk(*args):
+        p = subprocess.run([sys.executable, "-m", "facekeys.cli", *map(str, args)], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        return [json.loads(line) for line in p.stdout.splitlines()]
+
+    def grant():  # grants are single-use: one Match per recovery call
+        [m] = fk("match", tmp_path / "probe.npy", "--server", ks.address, "--encoder-id", "enc", "--layers", "all",
+                 "--grant-out", tmp_path / "grant")
+        assert m["decision"] == "accepted" and m["hits"][0]["key_id"] == a.key_id
+        return tmp_path / "grant"
+
+    [face] = fk("recover", "--server", srv.address, "--grant-file", grant(), "--key", a.key_id, "--size", 48,
+                "--out-dir", tmp_path / "faces")
+    assert face["identity_id"] == "A" and Image.open(face["png"]).size == (48, 48)
+    [v] = fk("reveal", "--server", srv.address, "--grant-file", grant(), "--key", a.key_id,
+             "--video", f"{video_path(source_video)}=cli/a.mp4")
+    assert v["output_path"] == "cli/a.mp4" and v["boxes_revealed"] == 11 and (roots[1] / "cli" / "a.mp4").exists()
+    p = subprocess.run([sys.executable, "-m", "facekeys.cli", "reveal", "--server", srv.address, "--grant-file",
+                        str(tmp_path / "grant"), "--key", str(a.key_id), "--video", video_path(source_video)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.startswith("facekeys: error:") and "already used" in p.stderr

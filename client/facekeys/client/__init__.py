@@ -1,5 +1,6 @@
-"""Python client of the facekeys key store: numpy in, dataclasses out. Needs only grpcio, protobuf, numpy."""
+"""Python clients of the facekeys services: numpy in, dataclasses out. Need only grpcio, protobuf, numpy."""
 
 from .client import Client, EnrollStream, open_channel
+from .recovery import RecoveredFace, RecoveryClient, RevealedVideo
 
-__all__ = ["Client", "EnrollStream", "open_channel"]
+__all__ = ["Client", "EnrollStream", "open_channel", "RecoveryClient", "RecoveredFace", "RevealedVideo"]

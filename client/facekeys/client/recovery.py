@@ -1,0 +1,65 @@
+"""Client of the recovery service: turn an accepted Match's grant into faces (Recover) or revealed
+videos (Reveal). Needs only grpcio, protobuf, numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from facekeys.v1 import recovery_pb2 as pb
+from facekeys.v1 import recovery_pb2_grpc as pb_grpc
+
+from .client import MiB, _translated, open_channel
+
+
+@dataclass(frozen=True)
+class RecoveredFace:
+    key_id: int
+    identity_id: str
+    png: bytes  # FFHQ-aligned face, size x size
+
+
+@dataclass(frozen=True)
+class RevealedVideo:
+    video_path: str
+    output_path: str
+    key_ids: tuple[int, ...]
+    frames: int
+    frames_changed: int
+    boxes_revealed: int
+    boxes_skipped: int
+
+
+class RecoveryClient:
+    """`RecoveryClient("127.0.0.1:50052", token=..., tls_ca=...)`; grants come from `Client.match_with_grants`."""
+
+    def __init__(self, target: str, timeout: float = 600.0, *, token: Optional[str] = None,
+                 tls_ca: Optional[bytes] = None, client_cert: Optional[bytes] = None,
+                 client_key: Optional[bytes] = None, max_message_bytes: int = 64 * MiB):
+        self._channel = open_channel(target, token=token, tls_ca=tls_ca, client_cert=client_cert,
+                                     client_key=client_key, max_message_bytes=max_message_bytes)
+        self._stub = pb_grpc.RecoveryStub(self._channel)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @_translated
+    def recover(self, grant: bytes, key_ids: Sequence[int], size: int = 256) -> list[RecoveredFace]:
+        r = self._stub.Recover(pb.RecoverRequest(grant=grant, key_ids=list(key_ids), size=size), timeout=self.timeout)
+        return [RecoveredFace(f.key_id, f.identity_id, f.png) for f in r.faces]
+
+    @_translated
+    def reveal(self, grant: bytes, key_ids: Sequence[int], videos: Sequence[tuple[str, str]]) -> list[RevealedVideo]:
+        """`videos`: (archive-relative input, output-relative result; "" = a generated name) pairs."""
+        request = pb.RevealRequest(grant=grant, key_ids=list(key_ids),
+                                   videos=[pb.RevealVideo(video_path=v, output_path=o) for v, o in videos])
+        r = self._stub.Reveal(request, timeout=self.timeout)
+        return [RevealedVideo(v.video_path, v.output_path, tuple(v.key_ids), v.frames, v.frames_changed,
+                              v.boxes_revealed, v.boxes_skipped) for v in r.videos]
