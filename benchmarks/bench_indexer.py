@@ -90,6 +90,14 @@ def count_leaks(src: Path, dst: Path, judge) -> tuple[int, int]:
     return leaked, with_face
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its finished children (deface's ffmpeg pipes)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_ours(src, dst, detector, obf, enc):
     return obfuscate_video(src, dst, detector, obfuscation_cfg=obf, encoder_cfg=enc)
 
@@ -165,17 +173,23 @@ def main() -> None:
     for fn in variants.values():  # warm-up: sessions, encoder, page cache
         fn(warm, tmp / "w_out.mp4")
     times = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     for r in range(args.repeats):  # round-robin, so background load hits every variant alike
         for i, (name, fn) in enumerate(variants.items()):
+            c0 = cpu_seconds()
             t0 = time.perf_counter()
             fn(clip, tmp / f"out_{i}.mp4")
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(cpu_seconds() - c0)
     results = []
     for i, name in enumerate(variants):
         leaked, with_face = count_leaks(clip, tmp / f"out_{i}.mp4", judge)
         fps = [args.frames / t for t in times[name]]
-        results.append(dict(name=name, fps_median=statistics.median(fps), fps_all=fps, leaked=leaked, with_face=with_face))
-        print(f"{name}: {statistics.median(fps):.2f} fps {['%.2f' % f for f in fps]} leaked {leaked}/{with_face}", file=sys.stderr)
+        cpu_ms = statistics.median(cpu[name]) / args.frames * 1000
+        results.append(dict(name=name, fps_median=statistics.median(fps), fps_all=fps, cpu_ms_per_frame=cpu_ms,
+                            leaked=leaked, with_face=with_face))
+        print(f"{name}: {statistics.median(fps):.2f} fps {['%.2f' % f for f in fps]} cpu {cpu_ms:.0f} ms/frame "
+              f"leaked {leaked}/{with_face}", file=sys.stderr)
 
     keys_line = ""
     if encoder is not None:  # key extraction alone: align + encode each track's best crop
@@ -202,10 +216,11 @@ def main() -> None:
     if keys_line:
         print(keys_line)
     print()
-    print("| pipeline | fps (median) | runs | leaked frames / frames with a face |")
-    print("|---|---:|---|---:|")
+    print("| pipeline | fps (median) | runs | CPU ms / frame (median) | leaked frames / frames with a face |")
+    print("|---|---:|---|---:|---:|")
     for r in results:
-        print(f"| {r['name']} | {r['fps_median']:.2f} | {', '.join('%.2f' % f for f in r['fps_all'])} | {r['leaked']}/{r['with_face']} |")
+        print(f"| {r['name']} | {r['fps_median']:.2f} | {', '.join('%.2f' % f for f in r['fps_all'])} | "
+              f"{r['cpu_ms_per_frame']:.0f} | {r['leaked']}/{r['with_face']} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

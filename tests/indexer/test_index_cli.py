@@ -426,8 +426,9 @@ def test_top_level_cli_prints_one_error_line(tmp_path, capsys):
 def test_no_keys_mode_then_keys_mode(media, checkpoint, tmp_path, capsys, leak_detector):
     walk, truth = media["walk"]
     out, store = tmp_path / "out", tmp_path / "store"
-    rc, stdout, _ = index([walk, "--camera", "c", "--out-dir", out, "--no-keys"], capsys)
+    rc, stdout, stderr = index([walk, "--camera", "c", "--out-dir", out, "--no-keys", "--progress"], capsys)
     assert rc == 0 and "2 face tracks" in stdout
+    assert "videos: 100%" in stderr and f"/{N} [" in stderr  # overall bar and the per-video frame bar
     check_output_obfuscated(walk, out / "c" / f"walk-{sha256(walk)[:12]}.mp4", truth, leak_detector)
     rc, stdout, _ = index([walk, "--camera", "c", "--out-dir", out, "--no-keys"], capsys)
     assert "already indexed" in stdout

@@ -202,6 +202,7 @@ class Indexer:
                     r = self._one(journal, src, seen)
                 except SinkError as e:
                     r = FileResult(src.path, src.camera_id, reason=str(e))
+                    self.progress.end(r)
                     results.append(r)
                     if on_result:
                         on_result(r)

@@ -187,7 +187,9 @@ class Journal:
                 raise FailedPrecondition(f"journal {str(p)!r} is corrupt at line {i + 1}") from None
             st.events.append(ev)
             kind = ev.get("ev")
-            if kind == "spooled":
+            if kind == "start":  # processing again (e.g. keys wanted now after an obfuscation-only run)
+                st.spooled, st.enrolling, st.acked, st.done, st.failed = None, [], {}, None, None
+            elif kind == "spooled":
                 st.spooled, st.enrolling, st.acked, st.failed = ev, [], {}, None
             elif kind == "enrolling":
                 st.enrolling.append(ev)
