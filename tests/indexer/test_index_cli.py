@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from facekeys.errors import InvalidArgument, Unavailable
+from facekeys.indexer.sinks import KeySink
 from indexer_media import FacePath, read_all, region_diff, render, write_video
 
 pytest.importorskip("torch")
@@ -344,7 +345,7 @@ def test_server_unreachable_stops_the_run(media, checkpoint, tmp_path, capsys):
 
 
 # -- without read-back rights (a gateway token): at most once --------------------------------------------------
-class NoReadBack:
+class NoReadBack(KeySink):
     """An embedded store seen through a gateway token: enrol only, no Stats, no Get."""
 
     def __init__(self, path):
@@ -359,11 +360,6 @@ class NoReadBack:
 
     def watermark(self):
         return None
-
-    def find(self, lo, video_id):
-        from facekeys.indexer.sinks import ScanNotAllowed
-
-        raise ScanNotAllowed("not allowed")
 
     def close(self):
         self.inner.close()
@@ -467,3 +463,41 @@ def test_folders_skip_our_own_output(tmp_path):
         (tmp_path / p).write_bytes(b"x")
     got = expand_sources([Source(tmp_path / "in", "c")], exclude=[tmp_path / "in" / "out"])
     assert [s.path.relative_to(tmp_path).as_posix() for s in got] == ["in/a.MP4", "in/sub/b.mkv"]
+
+
+def test_gateway_token_server_is_at_most_once(media, checkpoint, tmp_path, capsys, monkeypatch):
+    """A real authenticated server: the gateway token may enrol but not Stats/Get, so an interrupted enrolment
+    is reported, not re-sent; an admin token then reconciles it exactly."""
+    from facekeys.security.config import SecurityConfig
+    from facekeys.security.credentials import CredentialStore
+    from facekeys.server import KeyStoreServer, ServerConfig
+    from facekeys.store import StoreConfig
+
+    creds = CredentialStore(tmp_path / "credentials.json")
+    tokens = {}
+    for name, role in (("gw", "gateway"), ("ops", "admin")):
+        (tmp_path / f"{name}.token").write_text(creds.issue(name, [role])[1] + "\n")
+    (tmp_path / "audit.key").write_bytes(os.urandom(32).hex().encode())
+    security = SecurityConfig(credentials_file=tmp_path / "credentials.json", audit_log=tmp_path / "audit.log",
+                              audit_key_file=tmp_path / "audit.key")
+    srv = KeyStoreServer(ServerConfig(data_dir=tmp_path / "srv", port=0, metrics_port=-1,
+                                      store=StoreConfig(map_size=1 << 30), security=security)).start()
+    try:
+        walk = media["walk"][0]
+        argv = [walk, "--camera", "gate-1", "--out-dir", tmp_path / "out", "--encoder-checkpoint", checkpoint,
+                "--server", srv.address, "--token-file"]
+        interrupt_at(monkeypatch, "acked")
+        with pytest.raises(Interrupted):
+            index([*argv, tmp_path / "gw.token"])
+        monkeypatch.undo()
+        rc, stdout, stderr = index([*argv, tmp_path / "gw.token"], capsys)
+        assert rc == 1 and "may or may not be stored" in stderr and "admin role" in stderr, stderr
+        from facekeys.client import Client
+
+        with Client(srv.address, token=(tmp_path / "ops.token").read_text().strip()) as admin:
+            assert admin.stats().keys == 2  # stored once, not re-sent
+            rc, stdout, stderr = index([*argv, tmp_path / "ops.token"], capsys)
+            assert rc == 0 and "resumed" in stdout, stdout + stderr
+            assert admin.stats().keys == 2
+    finally:
+        srv.stop()

@@ -87,3 +87,39 @@ def test_digest_is_cached_by_path_size_mtime(tmp_path):
         f.write_bytes(b"abcd")
         assert j.digest(f) == file_digest(f)
     assert len((tmp_path / "j" / "digests.jsonl").read_text().splitlines()) == 2
+
+
+def test_sink_find_reads_back_only_what_it_must(tmp_path):
+    import time
+
+    from facekeys.indexer.sinks import CLOCK_SKEW, EmbeddedSink
+    from facekeys.records import NewKey, Where
+    from facekeys.store import StoreConfig
+
+    vid = "cd" * 32
+    rng = np.random.default_rng(0)
+
+    def key(video, track):
+        return NewKey(rng.standard_normal((18, 512)).astype(np.float32), "enc",
+                      where=Where("c", video, f"{video}:{track}"), attributes={"source_digest": video})
+
+    sink = EmbeddedSink(tmp_path / "s", StoreConfig(map_size=1 << 28))
+    try:
+        list(sink.enroll([[key("other", i) for i in range(5)]]))
+        lo, t0 = sink.watermark(), time.time()
+        (ours,) = sink.enroll([[key(vid, 0), key(vid, 1)]])
+        list(sink.enroll([[key("other", i) for i in range(5, 8)]]))
+        reads = []
+        get = sink.get
+        sink.get = lambda k: reads.append(k) or get(k)
+        want = {f"{vid}:0", f"{vid}:1"}
+        assert sink.find(vid, want, lo, t0) == {f"{vid}:0": ours[0], f"{vid}:1": ours[1]}
+        assert reads == [6, 7]  # forward from the watermark, stops once both are found
+        reads.clear()
+        assert sink.find(vid, want, None, t0) == {f"{vid}:0": ours[0], f"{vid}:1": ours[1]}
+        assert reads == [10, 9, 8, 7, 6]  # backwards from the newest
+        reads.clear()
+        assert sink.find(vid, {f"{vid}:9"}, None, time.time() + 2 * CLOCK_SKEW) == {}
+        assert reads == [10]  # older than the attempt: stop
+    finally:
+        sink.close()

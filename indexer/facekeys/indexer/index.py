@@ -10,11 +10,13 @@ Per source video (in order; one failing video never stops the batch):
 
 Idempotency (details in journal.py): a rerun skips `done` sources; a crash before `spooled` re-processes the
 video from the start (nothing was enrolled yet); a crash after `spooled` resumes at step 3 from the spool.
-A crash between the store's acknowledgement and the journal's `acked` line is resolved by reading back the
-keys with ids >= the `enrolling` watermark and matching their (video_id, track_id): exact in embedded mode and
-against a server when the credentials may call Stats and Get (admin/recovery role, or an unsecured server).
-With a gateway-only token the indexer cannot tell, so it enrols those keys at most once: the source is
-reported failed ("unconfirmed") unless `resend_unconfirmed` accepts possible duplicates.
+A crash between the store's acknowledgement and the journal's `acked` line is resolved on the next run by
+reading back the keys with ids >= the `enrolling` watermark (or, when the interrupted attempt could not read
+the watermark, backwards from the newest key to the attempt's start time) and matching their (video_id,
+track_id): exact in embedded mode and against a server when the credentials may call Stats and Get (admin
+role, or an unsecured server). With an enrol-only (gateway) token the indexer cannot tell, so those keys are
+enrolled at most once: the source is reported failed ("may or may not be stored") until a rerun with an
+admin token reconciles it, or `resend_unconfirmed` accepts possible duplicates.
 
 Errors of the key store itself (`SinkError`: unreachable, refused, full) stop the run: every later video
 would fail the same way. The journal keeps what was done; a rerun continues.
@@ -332,10 +334,10 @@ class Indexer:
         count = 0
         if st.enrolling:  # an earlier attempt may have stored keys whose acknowledgement was never journalled
             marks = [e.get("watermark") for e in st.enrolling]
+            lo = None if any(m is None for m in marks) else min(marks)
+            since = min(e["at"] for e in st.enrolling)
             try:
-                if any(m is None for m in marks):
-                    raise ScanNotAllowed("the interrupted attempt had no read-back rights to note a watermark")
-                found = self.sink.find(min(marks), vid)  # Where.track_id -> key id
+                found = self.sink.find(vid, {track_key_id(vid, t) for t in todo}, lo, since)  # track id -> key id
             except ScanNotAllowed as e:
                 if not self.cfg.resend_unconfirmed:
                     raise _FileFailure(

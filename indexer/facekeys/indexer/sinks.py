@@ -5,8 +5,11 @@ Both expose the same three operations the indexer's journal needs:
 * `enroll(batches)`: yields one list of key ids per batch, in order, each once that batch is durable;
 * `watermark()`: the store's next key id (key ids only ever grow and are never reused), or None when the
   caller may not ask (a server token without the admin role);
-* `find(lo, video_id)`: {track_id: key_id} for keys with id >= lo that belong to `video_id`, by reading
-  the records back (embedded: always; server: needs Get, i.e. the admin or recovery role).
+* `find(video_id, want, lo, since)`: {track_id: key_id} for the keys of `video_id` whose track id is in
+  `want`, by reading records back (embedded: always; server: needs Stats and Get, i.e. the admin role). With
+  a watermark `lo` it reads ids [lo, next); without one (the interrupted attempt could not ask) it reads
+  backwards from the newest key until every wanted track is found or keys are older than `since` (Unix time
+  the attempt began) minus `CLOCK_SKEW`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class ScanNotAllowed(FacekeysError):
     code = "PERMISSION_DENIED"
 
 
+CLOCK_SKEW = 3600.0  # s: how far the store's clock (created_at) may be behind the indexer's
+
+
 class KeySink:
     name = "sink"
     max_scan = 200_000  # most key ids `find` reads back before giving up (a busy store since the crash)
@@ -45,28 +51,35 @@ class KeySink:
     def watermark(self) -> int | None:
         raise NotImplementedError
 
-    def find(self, lo: int, video_id: str) -> dict[str, int]:
+    def get(self, key_id: int):
         raise NotImplementedError
 
     def close(self) -> None:
         pass
 
-    def _scan(self, lo: int, get) -> Iterator:
+    def find(self, video_id: str, want: set[str], lo: int | None, since: float) -> dict[str, int]:
         hi = self.watermark()
         if hi is None:
-            raise ScanNotAllowed(f"{self.name}: cannot read the next key id back")
-        if hi - lo > self.max_scan:
-            raise SinkError(f"{self.name}: {hi - lo} keys were enrolled since the interruption; checking more than "
-                            f"{self.max_scan} one by one is refused")
-        for key_id in range(max(1, lo), hi):
+            raise ScanNotAllowed(f"{self.name}: these credentials may not read keys back (Stats and Get need the "
+                                 "admin role)")
+        ids = range(max(1, lo), hi) if lo is not None else range(hi - 1, 0, -1)
+        found: dict[str, int] = {}
+        for n, key_id in enumerate(ids):
+            if len(found) == len(want):
+                break
+            if n >= self.max_scan:
+                raise SinkError(f"{self.name}: read back {n} keys without finding all of an interrupted enrolment's; "
+                                f"giving up (max_scan)")
             try:
-                yield get(key_id)
+                rec = self.get(key_id)
             except NotFound:  # deleted since
                 continue
-
-
-def _ours(rec, video_id: str) -> bool:
-    return rec.where.video_id == video_id and rec.attributes.get("source_digest") == video_id
+            if lo is None and rec.created_at < since - CLOCK_SKEW:
+                break
+            if rec.where.video_id == video_id and rec.where.track_id in want \
+                    and rec.attributes.get("source_digest") == video_id:
+                found[rec.where.track_id] = rec.key_id
+        return found
 
 
 class EmbeddedSink(KeySink):
@@ -95,8 +108,8 @@ class EmbeddedSink(KeySink):
     def watermark(self) -> int:
         return self.store.stats().next_key_id
 
-    def find(self, lo: int, video_id: str) -> dict[str, int]:
-        return {r.where.track_id: r.key_id for r in self._scan(lo, self.store.get) if _ours(r, video_id)}
+    def get(self, key_id: int):
+        return self.store.get(key_id)
 
     def close(self) -> None:
         self.store.close()
@@ -139,13 +152,13 @@ class ServerSink(KeySink):
         except FacekeysError as e:
             raise SinkError(f"{self.name}: stats failed: {e}", e) from e
 
-    def find(self, lo: int, video_id: str) -> dict[str, int]:
+    def get(self, key_id: int):
         try:
-            return {r.where.track_id: r.key_id for r in self._scan(lo, self.client.get) if _ours(r, video_id)}
+            return self.client.get(key_id)
+        except NotFound:
+            raise
         except (PermissionDenied, Unauthenticated) as e:
             raise ScanNotAllowed(f"{self.name}: reading keys back is not allowed for this token ({e})") from e
-        except (ScanNotAllowed, SinkError):
-            raise
         except FacekeysError as e:
             raise SinkError(f"{self.name}: reading keys back failed: {e}", e) from e
 
