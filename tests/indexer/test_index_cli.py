@@ -175,6 +175,22 @@ def test_embedded_manifest_end_to_end_and_rerun(media, checkpoint, encoder, cent
     assert not list(out.rglob("*.partial")) and not list(out.rglob("*.keys.npz"))
 
 
+def write_faststart(path, frames):
+    """H.264 MP4 with its index (moov) in front, as cameras that stream to disk write it."""
+    import av
+
+    c = av.open(str(path), "w", options={"movflags": "+faststart"})
+    vs = c.add_stream("libx264", rate=25)
+    vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    vs.options = {"preset": "ultrafast", "crf": "12"}
+    for f in frames:
+        for pk in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            c.mux(pk)
+    for pk in vs.encode(None):
+        c.mux(pk)
+    c.close()
+
+
 def test_bad_inputs_are_reported_and_the_batch_goes_on(media, checkpoint, tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
@@ -188,6 +204,9 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(media, checkpoint, tmp_pa
     (d / "f_odd.mkv").write_bytes(media["odd"][0].read_bytes())
     (d / "g_copy_of_good.mp4").write_bytes(data)
     write_video(d / "h_tiny.mp4", [np.zeros((16, 16, 3), np.uint8)] * 3)
+    write_faststart(d / "i_cut.mp4", render(N, (320, 240), PEOPLE[:1])[0])  # index first: readable when cut
+    cut = (d / "i_cut.mp4").read_bytes()
+    (d / "i_cut.mp4").write_bytes(cut[: len(cut) * 6 // 10])
     (d / "notes.txt").write_text("not a video extension: not picked up from a folder")
     out, store = tmp_path / "out", tmp_path / "store"
     argv = [d, "--camera", "cam-9", "--out-dir", out, *keys_flags(checkpoint, store), "--report", tmp_path / "r.json"]
@@ -198,18 +217,21 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(media, checkpoint, tmp_pa
     for name, why in [("b_empty.mp4", "empty file (0 bytes)"), ("c_text.mp4", "as a video"),
                       ("d_truncated.mp4", "video"), ("h_tiny.mp4", "too small for face detection")]:
         assert sum(name in e and why in e for e in errors) == 1, (name, errors)
-    assert "3 indexed, 1 skipped, 4 failed" in stdout, stdout
+    assert "4 indexed, 1 skipped, 4 failed" in stdout, stdout
     report = {Path(v["path"]).name: v for v in json.loads((tmp_path / "r.json").read_text())["videos"]}
     assert report["a_good.mp4"]["status"] == "done" and report["a_good.mp4"]["keys"] == 2
     assert report["e_noface.mp4"]["status"] == "done" and report["e_noface.mp4"]["notes"] == ["no faces found"]
     assert report["f_odd.mkv"]["status"] == "done" and report["f_odd.mkv"]["keys"] == 1
     assert report["g_copy_of_good.mp4"]["status"] == "skipped" and "same content" in report["g_copy_of_good.mp4"]["reason"]
     assert "notes.txt" not in report
-    assert len(store_records(store)) == 3
+    cut = report["i_cut.mp4"]  # the readable part is indexed, and the cut is reported
+    assert cut["status"] == "done" and 0 < cut["frames"] < N and cut["keys"] == 1
+    assert cut["notes"] == [f"decoded {cut['frames']} of the {N} frames the container announces (truncated?)"]
+    assert len(store_records(store)) == 4
     # A rerun reports the same failures again (they are retried) and skips the rest.
     rc, stdout, stderr = index(argv, capsys)
-    assert rc == 1 and "0 indexed, 4 skipped, 4 failed" in stdout and stderr.count("facekeys: error:") == 4
-    assert len(store_records(store)) == 3
+    assert rc == 1 and "0 indexed, 5 skipped, 4 failed" in stdout and stderr.count("facekeys: error:") == 4
+    assert len(store_records(store)) == 4
 
 
 # -- crashes ------------------------------------------------------------------------------------------------

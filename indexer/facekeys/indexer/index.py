@@ -295,6 +295,8 @@ class Indexer:
         tracks = obfuscate_video(src.path, out, self.detector, self.cfg.tracker, self.cfg.obfuscation, self.cfg.video,
                                  on_frame=on_frame)
         r.seconds_video = time.perf_counter() - t0
+        if info.frames and frames < info.frames:
+            r.notes.append(f"decoded {frames} of the {info.frames} frames the container announces (truncated?)")
         tracks.sort(key=lambda t: t.track_id)
         obf = obfuscation_record(self.cfg.obfuscation)
         if self.with_keys:
