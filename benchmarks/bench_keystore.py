@@ -10,6 +10,7 @@ Warm-up, then `--repeats` timed runs per case; median and p99 are reported.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import threading
@@ -24,6 +25,12 @@ from facekeys.records import MatchQuery, NewKey
 from facekeys.store import KeyStore, StoreConfig
 
 SUBSETS = ("high:1", "high:4", "high:9", "all")
+
+
+def blas_threads(n: int):
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().limit(limits=n, user_api="blas")
 
 
 def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
@@ -106,8 +113,9 @@ def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
                     q = probes[:batch]
                     query = MatchQuery(probes=q, encoder_id="bench", layers=layers, metric=metric, top_k=10)
                     eng = timed(lambda: store.match(query), warmup, repeats if batch == 1 else max(3, repeats // 4))
-                    base = timed(lambda: numpy_scan(x, q, layers, metric, 10), warmup,
-                                 repeats if batch == 1 else max(3, repeats // 4))
+                    with blas_threads(os.cpu_count()):  # the baseline gets numpy's usual threaded BLAS
+                        base = timed(lambda: numpy_scan(x, q, layers, metric, 10), warmup,
+                                     repeats if batch == 1 else max(3, repeats // 4))
                     scanned = n * len(layers) * DIM * 4
                     bound = scanned / bandwidth
                     p50, p99 = np.median(eng), np.percentile(eng, 99)

@@ -11,12 +11,17 @@ Exact search over a layer subset S (paper: the concatenation of the selected lay
     ||x_S||^2       = sum_{l in S} ||x_l||^2              (per-layer squared norms kept beside the index)
     cosine(q, x)    = <q_S, x_S> / (||q_S|| ||x_S||)      (best = max)
     l2(q, x)        = sqrt(||q_S||^2 + ||x_S||^2 - 2 <q_S, x_S>)   (best = min)
-The scan runs in float32 (memory-bandwidth bound); the best `k + rerank_extra` candidates of each probe
-are then re-scored in float64 directly from the stored vectors, so returned scores are exact.
+The scan runs in float32 (memory-bandwidth bound), split into row blocks scored by a few threads, each
+calling single-threaded BLAS (see `single_threaded_blas`): one thread per core streaming its own rows
+keeps the scan at the bandwidth bound, where per-call BLAS threading pays a fork/join per layer and
+collapses when another process holds a core. The best `k + rerank_extra` candidates of each probe are
+then re-scored in float64 directly from the stored vectors, so returned scores are exact.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -29,7 +34,7 @@ from facekeys.errors import InvalidArgument
 from facekeys.records import Filter
 from .rwlock import RWLock
 
-SCAN_CHUNK = 1 << 16  # rows scored at once: bounds the (rows, Q) score buffer
+SCAN_CHUNK = 1 << 16  # rows scored at once: bounds the (rows, Q) score buffer of each scan thread
 GATHER_BELOW = 0.25  # a filter admitting fewer rows than this fraction gathers them instead of masking
 
 
@@ -67,6 +72,19 @@ class VectorIndex(Protocol):
     def nbytes(self) -> int: ...
 
 
+_BLAS_LIMIT = None
+
+
+def single_threaded_blas() -> None:
+    """Keep BLAS to one thread per call in this process (the scan threads provide the parallelism).
+    Idempotent; called when a store with scan threads opens."""
+    global _BLAS_LIMIT
+    if _BLAS_LIMIT is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_LIMIT = ThreadpoolController().limit(limits=1, user_api="blas")
+
+
 class _Codes:
     """Interns strings to small ints so filters compare integer columns."""
 
@@ -98,9 +116,15 @@ class FlatLayerIndex:
 
     mode = "exact"
 
-    def __init__(self, rerank_extra: int = 16):
+    def __init__(self, rerank_extra: int = 16, threads: int = 0):
         self._layers = [faiss.IndexFlatIP(DIM) for _ in range(N_LAYERS)]
         self._rerank_extra = rerank_extra
+        # row blocks scanned in parallel, BLAS itself kept to one thread; 0 = one per core, at most 8
+        self._threads = threads or min(8, os.cpu_count() or 1)
+        self._pool = None
+        if self._threads > 1:
+            single_threaded_blas()
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="scan")
         self._lock = RWLock()
         self._n = 0
         cap = 1024
@@ -224,25 +248,25 @@ class FlatLayerIndex:
             return self._rerank(views, q_all, metric, k, cand, searched)
 
     def _blocks(self, n: int, mask: np.ndarray | None, searched: int):
-        """Yield (rows, valid): rows is a slice (no copy) or an index array; valid masks excluded rows."""
+        """Row blocks to score, at least one per scan thread: (rows, valid) where rows is a slice (no copy)
+        or an index array, and valid masks excluded rows (None: all valid)."""
         if mask is not None and searched < GATHER_BELOW * n:
             rows = np.flatnonzero(mask)
-            for s in range(0, len(rows), SCAN_CHUNK):
-                yield rows[s : s + SCAN_CHUNK], None
-            return
-        for s in range(0, n, SCAN_CHUNK):
-            e = min(n, s + SCAN_CHUNK)
-            yield slice(s, e), (None if mask is None else mask[s:e])
+            step = min(SCAN_CHUNK, -(-len(rows) // self._threads))
+            return [(rows[s : s + step], None) for s in range(0, len(rows), step)]
+        step = min(SCAN_CHUNK, -(-n // self._threads))
+        return [(slice(s, min(n, s + step)), None if mask is None else mask[s : min(n, s + step)])
+                for s in range(0, n, step)]
 
     def _scan(self, views, q_all, qn2, layers, metric, kk, n, mask, searched) -> np.ndarray:
-        nq = len(q_all)
-        qT = [np.ascontiguousarray(q_all[:, j, :].T) for j in range(len(layers))]  # (512, Q) each
+        """Approximate-order candidates (Q, kk) by row number: the best kk of every block, merged."""
+        qs = [np.ascontiguousarray(q_all[:, j, :].T) for j in range(len(layers))]  # (512, Q) each
         lay = list(layers)
-        best_rows = np.zeros((nq, 0), np.int64)
-        best_cost = np.zeros((nq, 0), np.float32)  # lower is better for both metrics here
-        for rows, valid in self._blocks(n, mask, searched):
+
+        def block(job):  # runs in a scan thread; numpy releases the GIL in the products
+            rows, valid = job
             ip = None
-            for view, q in zip(views, qT):
+            for view, q in zip(views, qs):
                 part = view[rows] @ q  # (rows, Q)
                 ip = part if ip is None else ip + part
             xn2 = self._norm2[rows][:, lay].sum(1)  # (rows,)
@@ -257,13 +281,17 @@ class FlatLayerIndex:
             row_ids = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
             cost = cost.T  # (Q, rows)
             take = min(kk, cost.shape[1])
-            part_idx = np.argpartition(cost, take - 1, axis=1)[:, :take]
-            best_rows = np.concatenate([best_rows, row_ids[part_idx]], axis=1)
-            best_cost = np.concatenate([best_cost, np.take_along_axis(cost, part_idx, 1)], axis=1)
-            if best_rows.shape[1] > kk:
-                keep = np.argpartition(best_cost, kk - 1, axis=1)[:, :kk]
-                best_rows = np.take_along_axis(best_rows, keep, 1)
-                best_cost = np.take_along_axis(best_cost, keep, 1)
+            idx = np.argpartition(cost, take - 1, axis=1)[:, :take]
+            return row_ids[idx], np.take_along_axis(cost, idx, 1)
+
+        jobs = self._blocks(n, mask, searched)
+        parts = list(self._pool.map(block, jobs)) if len(jobs) > 1 else [block(jobs[0])]
+        best_rows = np.concatenate([r for r, _ in parts], axis=1)
+        best_cost = np.concatenate([c for _, c in parts], axis=1)
+        if best_rows.shape[1] > kk:
+            keep = np.argpartition(best_cost, kk - 1, axis=1)[:, :kk]
+            best_rows = np.take_along_axis(best_rows, keep, 1)
+            best_cost = np.take_along_axis(best_cost, keep, 1)
         # drop masked-out rows that filled the list when fewer than kk rows were admitted
         return np.where(np.isfinite(best_cost), best_rows, -1)
 
