@@ -82,7 +82,8 @@ def single_threaded_blas() -> None:
     if _BLAS_LIMIT is None:
         from threadpoolctl import ThreadpoolController
 
-        _BLAS_LIMIT = ThreadpoolController().limit(limits=1, user_api="blas")
+        # numpy's OpenBLAS only: torch's own math libraries keep their threads for the models
+        _BLAS_LIMIT = ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
 class _Codes:
