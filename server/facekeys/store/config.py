@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from facekeys.errors import InvalidArgument
+from facekeys.layers import parse_layers
 
 GiB = 1 << 30
 
@@ -14,7 +15,10 @@ GiB = 1 << 30
 class StoreConfig:
     map_size: int = 64 * GiB  # LMDB map size in bytes (sparse: disk is used as keys arrive); ~37 KB per key
     durable: bool = True  # fsync every commit; an Enroll is acknowledged only after it is on disk
-    index_mode: str = "exact"  # "exact": per-layer flat FAISS indexes, exact scores
+    index_mode: str = "exact"  # "exact": scan every key (flat FAISS indexes); "ann": compressed per-layer candidates
+    #                            + exact re-rank from float16 vectors (store/ann.py); both return exact scores
+    vector_dtype: str = "float32"  # exact mode only: "float32" (in RAM) or "float16" (memory-mapped files, half
+    #                                the bytes per scan; ann always keeps float16)
     # Default accept thresholds for layers 1-4, from the open-set calibration at FAR <= 1e-3 on the SYNTHETIC
     # workload (benchmarks/RESULTS-recall.md). Recalibrate on real keys with `facekeys bench recall`.
     cosine_threshold: float = 0.86  # accept if cosine >= this
@@ -24,12 +28,49 @@ class StoreConfig:
     max_batch: int = 4096  # largest number of keys in one Enroll
     rebuild_batch: int = 4096  # keys read from LMDB per index add at start-up
     rerank_extra: int = 16  # candidates beyond top_k re-scored in float64 before the final order
+    # -- ann mode (defaults measured in benchmarks/RESULTS-scale.md) --
+    ann_pq_m: int = 64  # 4-bit PQ sub-quantisers per layer: m/2 bytes per key and layer (64 -> 32 B, 8 dims each)
+    ann_groups: tuple = ("high:4", "high:8", "9-16", "low:4")  # layer groups with a concatenated-code index (at
+    #                     most 512 / ann_pq_m layers each); a subset is served by the groups covering it, every
+    #                     single layer being a group too
+    ann_candidates: int = 0  # candidates per group-index shard; 0 = 256 * sqrt(N / 10k), capped by ann_rerank_bytes
+    ann_rerank_bytes: int = 32 << 20  # float16 bytes the exact re-rank of one probe may read (caps the default)
+    ann_max_candidates: int = 16_384  # per-request limit on candidates
+    ann_train_sample: int = 65_536  # keys sampled to train the per-layer means and PQs
+    ann_train_min: int = 8192  # keys before the first training; fewer are served by the exact buffer alone
+    ann_merge_rows: int = 16_384  # buffered (exact-scanned) keys that trigger a background merge
+    ann_merge_idle_s: float = 2.0  # ... or this long without enrolments, whatever the buffer size
+    ann_max_segments: int = 6  # more segments than this are compacted into one in the background
+    ann_exact_bytes: int = 64 << 20  # filters admitting fewer float16 bytes than this are answered by an exact scan
+    ann_threads: int = 2  # threads per search (shards in parallel) and per exact scan
+    snapshot_interval_s: float = 300.0  # ann/float16 indexes snapshot at most this often (and at close)
 
     def __post_init__(self):
         if self.map_size < 1 << 20:
             raise InvalidArgument(f"map_size {self.map_size} is below 1 MiB")
-        if self.index_mode not in ("exact",):
-            raise InvalidArgument(f"index_mode {self.index_mode!r} is not one of: exact")
+        if self.index_mode not in ("exact", "ann"):
+            raise InvalidArgument(f"index_mode {self.index_mode!r} is not one of: exact, ann")
+        if self.vector_dtype not in ("float32", "float16"):
+            raise InvalidArgument(f"vector_dtype {self.vector_dtype!r} is not one of: float32, float16")
+        if self.ann_pq_m not in (16, 32, 64, 128):
+            raise InvalidArgument(f"ann_pq_m must be one of 16, 32, 64, 128, got {self.ann_pq_m}")
+        for g in self.ann_groups:
+            if not 2 <= len(parse_layers(g)) <= 512 // self.ann_pq_m:
+                raise InvalidArgument(f"ann_groups: {g!r} must hold 2..{512 // self.ann_pq_m} layers (FAISS fast-scan "
+                                      "accumulates in 16 bits: at most 512 sub-quantisers per index)")
+        for name in ("ann_max_candidates", "ann_train_min", "ann_merge_rows", "ann_max_segments", "ann_threads",
+                     "ann_train_sample", "ann_rerank_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be >= 1")
+        if not 0 <= self.ann_candidates <= self.ann_max_candidates:
+            raise InvalidArgument("ann_candidates must be in 0..ann_max_candidates (0 = sized from the number of keys)")
+        if self.ann_train_min < 1024 or self.ann_train_sample < 1024:
+            raise InvalidArgument("ann_train_min and ann_train_sample must be >= 1024 (PQ training needs samples)")
+        for name in ("ann_merge_idle_s", "snapshot_interval_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InvalidArgument(f"{name} must be a finite number >= 0")
+        if self.ann_exact_bytes < 0:
+            raise InvalidArgument("ann_exact_bytes must be >= 0")
         for name in ("cosine_threshold", "l2_threshold"):
             if not math.isfinite(getattr(self, name)):
                 raise InvalidArgument(f"{name} must be finite")

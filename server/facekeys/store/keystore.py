@@ -26,6 +26,7 @@ from facekeys.records import (
     METRICS, EnrolledKey, Hit, KeyRecord, MatchQuery, MatchResult, NewKey, ProbeResult, StoreStats,
     better, check_id, check_latents,
 )
+from .ann import AnnFactory
 from .vectors import FlatLayerIndex, KeyAttrs, VectorIndex
 
 log = logging.getLogger("facekeys.store")
@@ -70,7 +71,7 @@ class KeyStore:
 
     @classmethod
     def open(cls, path: str | Path, config: Optional[StoreConfig] = None,
-             index_factory: IndexFactory = flat_index, *, cipher: Optional[ValueCipher] = None,
+             index_factory: Optional[IndexFactory] = None, *, cipher: Optional[ValueCipher] = None,
              transform: Optional[LatentTransform] = None,
              previous_transform: Optional[LatentTransform] = None) -> "KeyStore":
         """Open (or create) a store directory and rebuild the indexes from LMDB.
@@ -79,6 +80,9 @@ class KeyStore:
         stored key and every probe; `previous_transform` resumes an interrupted `rotate_transform`.
         """
         config = config or StoreConfig()
+        if index_factory is None:  # exact float32 in RAM; float16 files + snapshots for exact-f16 and ann
+            float32 = config.index_mode == "exact" and config.vector_dtype == "float32"
+            index_factory = flat_index if float32 else AnnFactory(config, Path(path) / "indexes")
         table = LmdbTable(Path(path), config.map_size, config.durable, cipher)
         store = cls(table, config, index_factory)
         store._transform = transform
@@ -93,6 +97,12 @@ class KeyStore:
 
     def _rebuild(self) -> None:
         t0 = time.perf_counter()
+        if isinstance(self._new_index, AnnFactory):  # snapshots checked against LMDB, rebuilt where they disagree
+            self._indexes, counts = self._new_index.restore(self._table)
+            self._identity_keys.update(counts)
+            log.info("opened indexes from snapshots/LMDB: %d keys, %d encoders in %.2fs",
+                     sum(len(ix) for ix in self._indexes.values()), len(self._indexes), time.perf_counter() - t0)
+            return
         n = 0
         for metas, latents in self._table.scan(self.config.rebuild_batch):  # latents (B, 18, 512)
             self._index_add(metas, latents)
@@ -115,6 +125,10 @@ class KeyStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            for index in self._indexes.values():  # snapshot hook: ann/float16 indexes write a final snapshot
+                closer = getattr(index, "close", None)
+                if closer is not None:
+                    closer()
             self._table.close()
 
     def __enter__(self):

@@ -1,0 +1,837 @@
+"""Approximate candidates, exact answers: the `ann` index mode (and the float16 variant of `exact`).
+
+Layout (one `AnnLayerIndex` per encoder):
+
+    vectors   one growable float16 file per W+ layer, (rows, 512), memory-mapped (or in RAM when the
+              index has no directory). Row r of every layer belongs to the r-th key ever added; rows are
+              append-only, deleted keys are tombstoned and their rows zeroed.
+    columns   key id, alive flag, per-layer squared norms (float32, of the stored float16 values) and the
+              filter attributes, aligned with the rows, in RAM.
+    segments  immutable candidate generators over a row range: per layer one FAISS IVF-PQ fast-scan
+              index (4-bit PQ, `ann_pq_m` sub-quantisers: m/2 bytes per key and layer). Built and swapped
+              in by a background thread; never mutated after publication, so searches need no lock
+              against the builder.
+    buffer    rows not yet covered by a segment (new keys, or everything before the first training):
+              scanned exactly, beside the segments. New keys are searchable the moment `add` returns.
+
+Search over a layer subset S: every layer l in S yields `candidates` rows from each segment (approximate
+L2 on that layer); the union is ranked by an optimistic combined estimate (a row a layer did not return
+gets that layer's worst returned distance), the best `rerank` of them plus the buffer's exact best are
+re-scored EXACTLY in float64 from the stored float16 vectors. Returned scores are therefore exact values
+of the metric over the stored vectors; only the candidate set is approximate (recall is measured in
+benchmarks/bench_scale.py). Filters that admit few rows (fewer than `ann_exact_bytes` to scan) are
+answered by an exact scan of the admitted rows; other filters go to FAISS as an ID selector.
+
+Float16 scans: numpy's float16 cast is scalar (~0.8 GB/s measured here), so the exact scan reinterprets
+the float16 bits as float32 with two integer operations ((int16 -> int32) << 13, clear bits 28..30): that
+yields value * 2**-112 exactly (subnormals included), and the 2**112 is folded into the probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import faiss
+import numpy as np
+
+from facekeys.dims import DIM, N_LAYERS
+from facekeys.errors import InvalidArgument
+from facekeys.layers import parse_layers
+from facekeys.records import Filter
+
+from .config import StoreConfig
+from .rwlock import RWLock
+from .vectors import KeyAttrs, SearchResult, _Codes
+
+log = logging.getLogger("facekeys.store.ann")
+
+F16_MAX = 65504.0
+_SCALE = np.float32(2.0**112)  # float16 bits << 13 read as float32 are the value times 2**-112
+_CLEAR = np.int32(-1879048193)  # 0x8FFFFFFF: drops the sign-extension bits 28..30
+BLOCK = 1024  # rows converted at once in a scan (2 MiB of float32: stays in cache)
+SCAN_CHUNK = 1 << 16  # rows whose scores are reduced to a top list at once
+SHARD_MIN = 65_536  # segments with at least this many rows per thread are split into ann_threads shards
+SMALL_BATCH = 32  # probes up to this many are scanned with faiss' SIMD dot instead of BLAS
+GPU_AVAILABLE = None  # resolved lazily: faiss.get_num_gpus() > 0
+
+
+def f16_bits_as_f32(src: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float16 array `src` (any shape) -> float32 view of `out` (int32, same shape) equal to src * 2**-112.
+
+    Exact for every finite float16 (normal and subnormal); two SIMD integer passes instead of numpy's
+    scalar float16 cast.
+    """
+    np.copyto(out, src.view(np.int16), casting="safe")  # sign-extends
+    np.left_shift(out, 13, out=out)
+    np.bitwise_and(out, _CLEAR, out=out)
+    return out.view(np.float32)
+
+
+def f16_to_f64(src: np.ndarray) -> np.ndarray:
+    """Exact float64 values of a float16 array."""
+    buf = np.empty(src.shape, np.int32)
+    return f16_bits_as_f32(src, buf).astype(np.float64) * 2.0**112
+
+
+def to_f16(latents: np.ndarray) -> np.ndarray:
+    """float32 (m, 18, 512) -> float16, failing fast on values float16 cannot hold."""
+    if np.abs(latents).max(initial=0.0) > F16_MAX:
+        raise InvalidArgument(f"latent values beyond +-{F16_MAX:g} cannot be stored as float16")
+    return latents.astype(np.float16)
+
+
+def _one_omp_thread() -> None:
+    """FAISS' OpenMP in this thread uses one thread: parallelism comes from our own threads (layers, row
+    ranges). Two OpenMP threads per call on a busy 2-core box measured 7-10x slower (spin-waiting)."""
+    faiss.omp_set_num_threads(1)
+
+
+def _map_layers(fn, workers: int) -> list:
+    if workers <= 1:
+        return [fn(layer) for layer in range(N_LAYERS)]
+    with ThreadPoolExecutor(max_workers=workers, initializer=_one_omp_thread) as ex:
+        return list(ex.map(fn, range(N_LAYERS)))
+
+
+def _gpu_count() -> int:
+    global GPU_AVAILABLE
+    if GPU_AVAILABLE is None:
+        GPU_AVAILABLE = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return GPU_AVAILABLE
+
+
+# -- float16 vector store -------------------------------------------------------------------------
+class F16Store:
+    """One growable (capacity, 512) float16 array per layer: memory-mapped files, or RAM when path is None."""
+
+    def __init__(self, path: Optional[Path], rows: int = 0, capacity: int = 4096):
+        self.path = path
+        self.rows = rows  # rows in use
+        self._arrays: list[np.ndarray] = []
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        self._grow(max(capacity, rows, 1024))
+
+    def _file(self, layer: int) -> Path:
+        return self.path / f"layer{layer:02d}.f16"
+
+    def _grow(self, cap: int) -> None:
+        arrays = []
+        for layer in range(N_LAYERS):
+            if self.path is None:
+                a = np.zeros((cap, DIM), np.float16)
+                if self._arrays:
+                    a[: self.rows] = self._arrays[layer][: self.rows]
+            else:
+                f = self._file(layer)
+                with open(f, "ab") as fh:
+                    if fh.tell() < cap * DIM * 2:
+                        fh.truncate(cap * DIM * 2)  # sparse: disk is used as rows are written
+                a = np.memmap(f, np.float16, "r+", shape=(cap, DIM)).view(np.ndarray)
+            arrays.append(a)
+        self._arrays = arrays  # readers holding the old arrays keep valid mappings
+
+    @property
+    def capacity(self) -> int:
+        return len(self._arrays[0])
+
+    def reserve(self, rows: int) -> None:
+        cap = self.capacity
+        if rows > cap:
+            while cap < rows:
+                cap *= 2
+            self._grow(cap)
+
+    def write(self, start: int, x16: np.ndarray) -> None:
+        """x16: (m, 18, 512) float16 into rows start..start+m (capacity reserved by the caller)."""
+        for layer, a in enumerate(self._arrays):
+            a[start : start + len(x16)] = x16[:, layer, :]
+
+    def zero(self, rows: np.ndarray) -> None:
+        for a in self._arrays:
+            a[rows] = 0
+
+    def layer(self, layer: int) -> np.ndarray:
+        """(capacity, 512) float16 array of a layer; rows >= self.rows are unused."""
+        return self._arrays[layer]
+
+    def gather_f64(self, rows: np.ndarray, layers: Sequence[int]) -> np.ndarray:
+        """Exact (m, |S|, 512) float64 values of the given rows and layers."""
+        out = np.empty((len(rows), len(layers), DIM), np.float64)
+        buf = np.empty((len(rows), DIM), np.int32)
+        for j, layer in enumerate(layers):
+            out[:, j, :] = f16_bits_as_f32(self._arrays[layer][rows], buf)
+        out *= 2.0**112
+        return out
+
+    def gather_f32(self, layer: int, rows) -> np.ndarray:
+        """Exact float32 (m, 512) values of one layer (rows: slice or index array)."""
+        src = self._arrays[layer][rows]
+        buf = np.empty(src.shape, np.int32)
+        return f16_bits_as_f32(src, buf) * _SCALE
+
+    def flush(self) -> None:
+        if self.path is None:
+            return
+        for layer in range(N_LAYERS):
+            fd = os.open(self._file(layer), os.O_RDWR)
+            try:
+                os.fsync(fd)  # the memmaps share the page cache: fsync makes their writes durable
+            finally:
+                os.close(fd)
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * N_LAYERS * DIM * 2
+
+
+# -- candidate segments ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Codebooks:
+    """Per-layer training result: the layer mean (vectors are centred before coding) and a 4-bit PQ.
+
+    The PQ of a layer group is the groups' per-layer PQs side by side, so one per-layer encoding serves
+    every group index, and the groups' codes are the per-layer codes concatenated."""
+
+    means: np.ndarray  # (18, 512) float32
+    centroids: np.ndarray  # (18, m, 16, 512 // m) float32
+
+    @property
+    def m(self) -> int:
+        return self.centroids.shape[1]
+
+    def group_centroids(self, layers: Sequence[int]) -> np.ndarray:
+        """Centroids of the concatenated layers' PQ, flat in FAISS' (M, 16, dsub) order."""
+        return np.ascontiguousarray(self.centroids[list(layers)], np.float32).ravel()
+
+    def pq(self, layers: Sequence[int]) -> faiss.ProductQuantizer:
+        pq = faiss.ProductQuantizer(len(layers) * DIM, len(layers) * self.m, 4)
+        faiss.copy_array_to_vector(self.group_centroids(layers), pq.centroids)
+        return pq
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Candidate generators over a row range: one FAISS PQ fast-scan index per layer group."""
+
+    rows: np.ndarray  # (m,) int64 store rows, FAISS label i -> rows[i]
+    groups: dict  # layers tuple -> faiss.IndexPQFastScan over the concatenated centred layers
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * 8 + sum(ix.ntotal * ix.code_size for shards in self.groups.values() for ix, _ in shards)
+
+
+def layer_groups(config: StoreConfig) -> tuple[tuple[int, ...], ...]:
+    """Every single layer, plus the configured groups (0-based layer tuples), smallest first."""
+    groups = {(layer,) for layer in range(N_LAYERS)} | {tuple(parse_layers(g)) for g in config.ann_groups}
+    return tuple(sorted(groups, key=lambda g: (len(g), g)))
+
+
+def default_candidates(n: int, n_layers: int, kk: int, config: StoreConfig) -> int:
+    """Candidates taken from a group index, sized from the number of keys and capped by the bytes the
+    exact re-rank may read (see config.ann_candidates)."""
+    by_n = int(256 * math.sqrt(max(n, 1) / 10_000) * max(1.0, 4.0 / n_layers))  # few layers: less contrast
+    by_bytes = config.ann_rerank_bytes // (n_layers * DIM * 2)
+    return int(max(kk, min(by_n, by_bytes, config.ann_max_candidates)))
+
+
+class AnnLayerIndex:
+    """`VectorIndex` over float16 vectors: exact scans, or ANN candidates with an exact re-rank.
+
+    ann=False gives the float16 variant of the exact mode (no segments, every search an exact scan).
+    """
+
+    def __init__(self, config: StoreConfig, path: Optional[Path] = None, ann: bool = True,
+                 background: bool = True):
+        self.config = config
+        self.path = Path(path) if path is not None else None
+        self.ann = ann
+        self.mode = "ann" if ann else "exact"
+        self._lock = RWLock()
+        self._store = F16Store(self.path / "vectors" if self.path else None)
+        cap = 1024
+        self._ids = np.zeros(cap, np.int64)
+        self._alive = np.zeros(cap, bool)
+        self._norm2 = np.zeros((cap, N_LAYERS), np.float32)  # of the float16 values
+        self._identity = np.zeros(cap, np.int32)
+        self._camera = np.zeros(cap, np.int32)
+        self._t0 = np.zeros(cap, np.float64)
+        self._t1 = np.zeros(cap, np.float64)
+        self._pos: dict[int, int] = {}
+        self._identities = _Codes()
+        self._cameras = _Codes()
+        self._count = 0  # alive keys
+        # candidate side (ann)
+        self._codebooks: Optional[Codebooks] = None  # per-layer means and PQs, once trained
+        self._groups = layer_groups(config)
+        self._trained_n = 0  # keys when the templates were trained
+        self._segments: tuple[Segment, ...] = ()
+        self._covered = 0  # rows [0, covered) are in segments; the rest is the exact buffer
+        self._last_add = 0.0
+        self._dirty = False  # changed since the last snapshot
+        self._last_snapshot = 0.0
+        self._snapshot_gen = 0
+        self._pool = ThreadPoolExecutor(max_workers=max(1, config.ann_threads), thread_name_prefix="fk-ann",
+                                        initializer=_one_omp_thread)
+        self._build_workers = 1  # layers trained/encoded in parallel: 1 in the background, ann_threads in sync()
+        self._work_lock = threading.Lock()  # one trainer/merger at a time
+        self._wake = threading.Condition()
+        self._closed = False
+        self._error: Optional[BaseException] = None
+        self._thread = None
+        if background:
+            self.start_background()
+
+    def start_background(self) -> None:
+        """Start the trainer/merger/snapshot thread (idempotent)."""
+        if self._thread is None and not self._closed and (self.ann or self.path is not None):
+            self._thread = threading.Thread(target=self._background, name="fk-ann-merger", daemon=True)
+            self._thread.start()
+
+    _COLUMNS = ("_ids", "_alive", "_norm2", "_identity", "_camera", "_t0", "_t1")
+
+    # -- mutation ---------------------------------------------------------------------------------
+    def _reserve(self, n: int) -> None:
+        cap = len(self._ids)
+        if n > cap:
+            while cap < n:
+                cap *= 2
+            for name in self._COLUMNS:
+                old = getattr(self, name)
+                new = np.zeros((cap,) + old.shape[1:], old.dtype)
+                new[: self._store.rows] = old[: self._store.rows]
+                setattr(self, name, new)
+        self._store.reserve(n)
+
+    def add(self, ids: np.ndarray, latents: np.ndarray, attrs: Sequence[KeyAttrs]) -> None:
+        ids = np.asarray(ids, np.int64)
+        m = len(ids)  # latents: (m, 18, 512) float32
+        if latents.shape != (m, N_LAYERS, DIM) or len(attrs) != m:
+            raise InvalidArgument("add: ids, latents and attrs disagree in length or shape")
+        x16 = to_f16(latents)  # (m, 18, 512) float16, outside the lock
+        x64 = f16_to_f64(x16)
+        norm2 = np.einsum("nld,nld->nl", x64, x64).astype(np.float32)  # (m, 18), of the stored values
+        del x64
+        with self._lock.write():
+            dup = [int(i) for i in ids if int(i) in self._pos]
+            if dup or len(set(ids.tolist())) != m:
+                raise InvalidArgument(f"add: key ids already indexed or repeated: {dup[:5]}")
+            n = self._store.rows
+            self._reserve(n + m)
+            self._store.write(n, x16)
+            s = slice(n, n + m)
+            self._ids[s] = ids
+            self._alive[s] = True
+            self._norm2[s] = norm2
+            self._identity[s] = [self._identities.code(a.identity_id) for a in attrs]
+            self._camera[s] = [self._cameras.code(a.camera_id) for a in attrs]
+            self._t0[s] = [a.t_start for a in attrs]
+            self._t1[s] = [a.t_end for a in attrs]
+            for j, key_id in enumerate(ids.tolist()):
+                self._pos[key_id] = n + j
+            self._store.rows = n + m
+            self._count += m
+            self._last_add = time.monotonic()
+            self._dirty = True
+        self._notify()
+
+    def remove(self, ids: np.ndarray) -> int:
+        with self._lock.write():
+            rows = np.array(sorted({self._pos.pop(int(i)) for i in ids if int(i) in self._pos}), np.int64)
+            if len(rows) == 0:
+                return 0
+            self._alive[rows] = False
+            self._store.zero(rows)  # a deleted key's latent does not linger in the vector files
+            self._count -= len(rows)
+            self._dirty = True
+        self._notify()
+        return len(rows)
+
+    # -- queries ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, key_id: int) -> bool:
+        return int(key_id) in self._pos
+
+    @property
+    def rows(self) -> int:
+        return self._store.rows
+
+    @property
+    def nbytes(self) -> int:
+        per_row = sum(getattr(self, c)[:1].nbytes for c in self._COLUMNS)
+        return self._store.nbytes + self.rows * per_row + sum(s.nbytes for s in self._segments)
+
+    @property
+    def trained(self) -> bool:
+        return self._codebooks is not None
+
+    @property
+    def buffered(self) -> int:
+        """Rows searched by the exact buffer scan (not yet merged into a segment)."""
+        return self._store.rows - self._covered
+
+    def _admitted(self, flt: Filter, n: int) -> np.ndarray:
+        mask = self._alive[:n].copy()
+        if flt.empty:
+            return mask
+        if flt.camera_ids:
+            mask &= np.isin(self._camera[:n], self._cameras.lookup(flt.camera_ids))
+        if flt.identity_ids:
+            mask &= np.isin(self._identity[:n], self._identities.lookup(flt.identity_ids))
+        if flt.t_from:
+            mask &= self._t1[:n] >= flt.t_from
+        if flt.t_to:
+            mask &= self._t0[:n] <= flt.t_to
+        return mask
+
+    def check_params(self, candidates: int = 0) -> None:
+        hi = self.config.ann_max_candidates
+        if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or not 0 <= candidates <= hi:
+            raise InvalidArgument(f"candidates must be in 0..{hi} (0 = the store's default), got {candidates!r}")
+
+    def search(self, probes: np.ndarray, layers: tuple[int, ...], metric: str, k: int, flt: Filter,
+               candidates: int = 0, exact: bool = False) -> SearchResult:
+        """Best k keys per probe over the layer subset. candidates: per-request ANN setting (0 = sized from
+        the number of keys and the subset), bounded by config.ann_max_candidates; exact=True scans every
+        admitted key (what the ANN answer is measured against)."""
+        self.check_params(candidates)
+        if self._error is not None:
+            raise RuntimeError("the ANN background worker failed") from self._error
+        lay = list(layers)
+        q_all = np.ascontiguousarray(probes[:, lay, :], dtype=np.float32)  # (Q, |S|, 512)
+        nq = len(q_all)
+        qn2 = np.einsum("qld,qld->ql", q_all, q_all, dtype=np.float64)  # (Q, |S|)
+        if metric == "cosine" and np.any(qn2.sum(1) == 0):
+            raise InvalidArgument("probe is all zeros over the selected layers: cosine is undefined")
+        kk = k + self.config.rerank_extra
+        with self._lock.read():
+            n = self._store.rows
+            mask = self._admitted(flt, n)
+            searched = int(mask.sum())
+            if searched == 0:
+                empty = np.zeros((nq, 0))
+                return SearchResult(empty.astype(np.int64), empty, 0)
+            segments, covered = self._segments, self._covered
+            exact_all = (exact or not self.ann or not segments
+                         or searched * len(lay) * DIM * 2 <= self.config.ann_exact_bytes)
+            if exact_all:
+                pools = self._scan(q_all, qn2, lay, metric, min(kk, searched), np.flatnonzero(mask)
+                                   if searched < n else slice(0, n))
+            else:
+                pools = self._ann_pools(q_all, lay, kk, segments, covered, mask, searched, candidates)
+                buf_rows = np.flatnonzero(mask[covered:n]) + covered
+                for i in range(nq):  # float32 scores of the pool (exact float16 values), best kk kept
+                    rows = np.union1d(pools[i], buf_rows) if len(buf_rows) <= 4096 else pools[i]
+                    pools[i] = self._scan(q_all[i : i + 1], qn2[i : i + 1], lay, metric, min(kk, len(rows)),
+                                          rows)[0] if len(rows) else rows
+                if len(buf_rows) > 4096:
+                    extra = self._scan(q_all, qn2, lay, metric, min(kk, len(buf_rows)), buf_rows)
+                    pools = [np.union1d(a, b) for a, b in zip(pools, extra)]
+            return self._rerank(q_all, lay, metric, k, pools, searched)
+
+    # exact float16 scan ---------------------------------------------------------------------------
+    def _scan(self, q_all, qn2, lay, metric, kk, rows) -> list[np.ndarray]:
+        """Exact-scan candidates: per probe, the kk best rows (float32 scores of the float16 vectors)."""
+        n_rows = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
+        parts = max(1, min(self.config.ann_threads, n_rows // 8192))
+        if parts == 1:
+            best_rows, best_cost = self._scan_part(q_all, lay, metric, kk, rows)
+        else:
+            if isinstance(rows, slice):
+                cuts = np.linspace(rows.start, rows.stop, parts + 1).astype(int)
+                pieces = [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+            else:
+                pieces = np.array_split(rows, parts)
+            futs = [self._pool.submit(self._scan_part, q_all, lay, metric, kk, p) for p in pieces]
+            res = [f.result() for f in futs]
+            best_rows = np.concatenate([r[0] for r in res], 1)
+            best_cost = np.concatenate([r[1] for r in res], 1)
+        return [r[np.isfinite(c)] for r, c in zip(best_rows, best_cost)]
+
+    def _scan_part(self, q_all, lay, metric, kk, rows):
+        nq = len(q_all)
+        qs = [np.ascontiguousarray(q_all[:, j, :] * _SCALE) for j in range(len(lay))]  # (Q, 512) each
+        arrays = [self._store.layer(layer) for layer in lay]
+        buf = np.empty((BLOCK, DIM), np.int32)
+        best_rows = np.zeros((nq, 0), np.int64)
+        best_cost = np.zeros((nq, 0), np.float32)
+        if isinstance(rows, slice):
+            starts = range(rows.start, rows.stop, SCAN_CHUNK)
+            chunks = [slice(s, min(rows.stop, s + SCAN_CHUNK)) for s in starts]
+        else:
+            chunks = [rows[s : s + SCAN_CHUNK] for s in range(0, len(rows), SCAN_CHUNK)]
+        for chunk in chunks:
+            row_ids = np.arange(chunk.start, chunk.stop) if isinstance(chunk, slice) else chunk
+            m = len(row_ids)
+            ip = np.zeros((m, nq), np.float32)
+            tmp = np.empty(BLOCK, np.float32)
+            for b in range(0, m, BLOCK):
+                e = min(m, b + BLOCK)
+                sel = slice(chunk.start + b, chunk.start + e) if isinstance(chunk, slice) else chunk[b:e]
+                for a, q in zip(arrays, qs):
+                    x = f16_bits_as_f32(a[sel], buf[: e - b])  # (e-b, 512) float32, value * 2**-112
+                    if nq <= SMALL_BATCH:  # faiss SIMD dot, one thread: no BLAS thread start-up per block
+                        for i in range(nq):
+                            faiss.fvec_inner_products_ny(faiss.swig_ptr(tmp), faiss.swig_ptr(q[i]),
+                                                         faiss.swig_ptr(x), DIM, e - b)
+                            ip[b:e, i] += tmp[: e - b]
+                    else:
+                        ip[b:e] += x @ q.T
+            xn2 = self._norm2[row_ids][:, lay].sum(1)  # (m,)
+            if metric == "l2":
+                cost = xn2[:, None] - 2.0 * ip
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cost = -ip / np.sqrt(xn2)[:, None]
+                cost[~np.isfinite(cost)] = 0.0
+            cost = cost.T  # (Q, m)
+            take = min(kk, m)
+            part = np.argpartition(cost, take - 1, axis=1)[:, :take]
+            best_rows = np.concatenate([best_rows, row_ids[part]], 1)
+            best_cost = np.concatenate([best_cost, np.take_along_axis(cost, part, 1)], 1)
+            if best_rows.shape[1] > kk:
+                keep = np.argpartition(best_cost, kk - 1, axis=1)[:, :kk]
+                best_rows = np.take_along_axis(best_rows, keep, 1)
+                best_cost = np.take_along_axis(best_cost, keep, 1)
+        return best_rows, best_cost
+
+    # ANN candidates -------------------------------------------------------------------------------
+    def cover(self, layers: Sequence[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Group indexes that together hold the subset, greedily (most new subset layers per scanned
+        layer): [(group, subset layers it answers for)]. FAISS fast-scan accumulates in 16 bits and
+        breaks beyond ~512 sub-quantisers (measured), so a group holds at most 512 / ann_pq_m layers and
+        a larger subset is answered by several groups whose candidates are pooled."""
+        left = set(layers)
+        out = []
+        while left:
+            g = max(self._groups, key=lambda g: (len(left & set(g)) / len(g), len(left & set(g))))
+            part = tuple(sorted(left & set(g)))
+            out.append((g, part))
+            left -= set(part)
+        return out
+
+    def _ann_pools(self, q_all, lay, kk, segments, covered, mask, searched, candidates) -> list[np.ndarray]:
+        """Per probe, candidate rows: the best `candidates` of each segment shard by the approximate
+        inner product of the centred vectors over the subset (PQ fast-scan of the group indexes covering
+        the subset; a group's layers outside the subset get a zero probe, so they add nothing)."""
+        cfg = self.config
+        c = candidates or default_candidates(covered, len(lay), kk, cfg)
+        frac = searched / max(1, len(mask))
+        if frac < 1.0:  # filtered (or deletions): fetch more, drop the excluded afterwards
+            c = int(min(cfg.ann_max_candidates, math.ceil(c / max(frac, 1e-3))))
+        means = self._codebooks.means
+        jobs = []
+        cover = self.cover(lay)
+        for group, part in cover:
+            qg = np.zeros((len(q_all), len(group), DIM), np.float32)  # (Q, |G|, 512): zero outside the subset
+            for layer in part:
+                qg[:, group.index(layer), :] = q_all[:, lay.index(layer), :] - means[layer]
+            qg = qg.reshape(len(q_all), -1)
+            jobs += [(seg, shard, qg) for seg in segments for shard in seg.groups[group]]
+        c = max(kk, c // len(cover))  # the re-rank budget is shared by the groups
+
+        def one(job):
+            seg, (ix, offset), qg = job
+            _, I = ix.search(qg, min(c, ix.ntotal))
+            return np.where(I >= 0, seg.rows[offset + np.maximum(I, 0)], -1)
+
+        found = np.concatenate(list(self._pool.map(one, jobs)), 1) if len(jobs) > 1 else one(jobs[0])
+        pools = []
+        for rows in found:
+            rows = rows[rows >= 0]
+            pools.append(rows[mask[rows]])
+        return pools
+
+    # exact re-rank --------------------------------------------------------------------------------
+    def _rerank(self, q_all, lay, metric, k, pools, searched) -> SearchResult:
+        nq = len(q_all)
+        kout = min(k, searched)
+        ids = np.full((nq, kout), -1, np.int64)
+        scores = np.zeros((nq, kout), np.float64)
+        for i, rows in enumerate(pools):
+            rows = np.unique(rows)
+            rows = rows[self._alive[rows]]
+            if len(rows) == 0:
+                continue
+            x = self._store.gather_f64(rows, lay).reshape(len(rows), -1)  # (m, |S|*512) exact
+            q = q_all[i].astype(np.float64).ravel()
+            if metric == "l2":
+                s = np.sqrt(np.maximum(((x - q) ** 2).sum(1), 0.0))
+            else:
+                denom = np.sqrt(q @ q) * np.sqrt((x * x).sum(1))
+                ip = x @ q
+                s = np.divide(ip, denom, out=np.zeros_like(ip), where=denom > 0)
+            key_ids = self._ids[rows]
+            primary = -s if metric == "cosine" else s
+            order = np.lexsort((key_ids, primary))[:kout]
+            ids[i, : len(order)] = key_ids[order]
+            scores[i, : len(order)] = s[order]
+        return SearchResult(ids, scores, searched)
+
+    # -- background training and merging -----------------------------------------------------------
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _background(self) -> None:
+        _one_omp_thread()
+        while not self._closed:
+            try:
+                did = self.work_once()
+            except Exception as e:  # noqa: BLE001 - surfaced to every later search, then the thread ends
+                log.exception("ANN background worker failed")
+                self._error = e
+                return
+            if not did:
+                with self._wake:
+                    if not self._closed:
+                        self._wake.wait(timeout=max(0.05, self.config.ann_merge_idle_s / 2))
+
+    def pending(self, force: bool = False) -> str:
+        """What the background worker would do next: '', 'train', 'merge', 'compact' or 'snapshot'.
+        force: merge any buffer now and snapshot whenever dirty (sync, close)."""
+        n = self._store.rows
+        idle = force or time.monotonic() - self._last_add >= self.config.ann_merge_idle_s
+        if not self.ann:
+            pass
+        elif self._codebooks is None:
+            if self._count >= self.config.ann_train_min:
+                return "train"
+        else:
+            buf = n - self._covered
+            if buf >= self.config.ann_merge_rows or (buf > 0 and idle):
+                return "merge"
+            if len(self._segments) > self.config.ann_max_segments:
+                return "compact"
+        if self.path is not None and self._dirty and idle and (
+                force or time.monotonic() - self._last_snapshot >= self.config.snapshot_interval_s):
+            return "snapshot"
+        return ""
+
+    def work_once(self, force: bool = False) -> str:
+        """Do one pending step (train, merge, compact or snapshot); returns it ('' = nothing to do)."""
+        with self._work_lock:
+            job = self.pending(force)
+            if job == "train":
+                self._train()
+                self._merge()
+            elif job == "merge":
+                self._merge()
+            elif job == "compact":
+                self._compact()
+            elif job == "snapshot":
+                self.save_snapshot()
+            return job
+
+    def sync(self, snapshot: bool = False) -> None:
+        """Train/merge/compact now in the caller's thread until nothing is left (tests, benchmarks, close)."""
+        self._build_workers = max(1, self.config.ann_threads)
+        try:
+            while True:
+                job = self.pending(force=True)
+                if not job or (job == "snapshot" and not snapshot):
+                    break
+                self.work_once(force=True)
+        finally:
+            self._build_workers = 1
+        if self._error is not None:
+            raise RuntimeError("the ANN background worker failed") from self._error
+
+    def _train(self) -> None:
+        """Per-layer mean and 4-bit PQ from a sample of the alive keys (outside any lock)."""
+        t0 = time.perf_counter()
+        n = self._store.rows
+        alive = np.flatnonzero(self._alive[:n])
+        rng = np.random.default_rng(n)
+        sample = np.sort(rng.choice(alive, min(len(alive), self.config.ann_train_sample), replace=False))
+        m = self.config.ann_pq_m
+
+        def train(layer):
+            x = self._store.gather_f32(layer, sample)  # (s, 512)
+            mean = x.mean(0)
+            pq = faiss.ProductQuantizer(DIM, m, 4)
+            if _gpu_count() > 0:  # UNTESTED (no GPU was lent): k-means assignment on the GPU
+                res = faiss.StandardGpuResources()
+                pq.assign_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(DIM // m))
+            pq.train(np.ascontiguousarray(x - mean))
+            pq.assign_index = None
+            return mean, faiss.vector_to_array(pq.centroids).reshape(m, 16, DIM // m)
+
+        out = _map_layers(train, self._build_workers)
+        books = Codebooks(np.stack([o[0] for o in out]), np.stack([o[1] for o in out]))
+        with self._lock.write():
+            self._codebooks = books
+            self._trained_n = len(alive)
+        log.info("ANN: trained %d layers (PQ %dx4) on %d of %d keys in %.1fs", N_LAYERS, m, len(sample),
+                 len(alive), time.perf_counter() - t0)
+
+    def _build_segment(self, rows: np.ndarray) -> Segment:
+        """Encode each layer once, then assemble every group index from the concatenated codes; large
+        segments are split into `ann_threads` shards so that one search uses every core."""
+        books = self._codebooks
+        pqs = [books.pq((layer,)) for layer in range(N_LAYERS)]
+        codes = [None] * N_LAYERS
+
+        def encode(layer):
+            out = np.empty((len(rows), books.m // 2), np.uint8)
+            for s in range(0, len(rows), SCAN_CHUNK):
+                r = rows[s : s + SCAN_CHUNK]
+                contiguous = r[-1] - r[0] + 1 == len(r)
+                x = self._store.gather_f32(layer, slice(int(r[0]), int(r[-1]) + 1) if contiguous else r)
+                x -= books.means[layer]
+                out[s : s + len(r)] = pqs[layer].compute_codes(x)
+            codes[layer] = out
+
+        _map_layers(encode, self._build_workers)
+        n_shards = max(1, min(self.config.ann_threads, len(rows) // SHARD_MIN))
+        cuts = np.linspace(0, len(rows), n_shards + 1).astype(int)
+        groups = {}
+        for group in self._groups:
+            shards = []
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                flat = faiss.IndexPQ(len(group) * DIM, len(group) * books.m, 4, faiss.METRIC_INNER_PRODUCT)
+                faiss.copy_array_to_vector(books.group_centroids(group), flat.pq.centroids)
+                flat.is_trained = True
+                flat.add_sa_codes(np.ascontiguousarray(np.hstack([codes[l][a:b] for l in group])))
+                shards.append((faiss.IndexPQFastScan(flat), int(a)))
+                del flat
+            groups[group] = tuple(shards)
+        return Segment(rows, groups)
+
+    def _merge(self) -> None:
+        """Cover the buffer rows [covered, n) with a new segment (built outside the lock, then published)."""
+        start, end = self._covered, self._store.rows
+        rows = np.arange(start, end)
+        rows = rows[self._alive[start:end]]
+        seg = self._build_segment(rows) if len(rows) else None
+        with self._lock.write():
+            if seg is not None:
+                self._segments = self._segments + (seg,)
+            self._covered = end
+            self._dirty = True
+
+    def _compact(self) -> None:
+        """Rebuild the smallest segments (without their deleted rows) into one."""
+        segs = sorted(self._segments, key=lambda s: len(s.rows))
+        take = segs[: max(2, len(segs) - self.config.ann_max_segments + 1)]
+        rows = np.sort(np.concatenate([s.rows for s in take]))
+        rows = rows[self._alive[rows]]
+        seg = self._build_segment(rows)
+        with self._lock.write():
+            keep = tuple(s for s in self._segments if all(s is not t for t in take))
+            self._segments = keep + (seg,)
+            self._dirty = True
+
+    # -- snapshots ----------------------------------------------------------------------------------
+    def save_snapshot(self) -> Optional[Path]:
+        """Write an atomic snapshot under path/snapshots (no-op without a path)."""
+        from . import snapshot
+
+        if self.path is None:
+            return None
+        with self._lock.read():
+            n = self._store.rows
+            cols = {name.lstrip("_"): getattr(self, name)[:n].copy() for name in self._COLUMNS}
+            state = snapshot.IndexState(
+                rows=n, columns=cols, identities=list(self._identities.by_name),
+                cameras=list(self._cameras.by_name), segments=self._segments,
+                codebooks=self._codebooks, covered=self._covered, trained_n=self._trained_n,
+                ann=self.ann, pq_m=self.config.ann_pq_m, groups=[list(g) for g in self._groups],
+            )
+            self._dirty = False
+        self._store.flush()  # rows < n are on disk before the manifest names them
+        out = snapshot.write(self.path / "snapshots", state)
+        self._last_snapshot = time.monotonic()
+        return out
+
+    @classmethod
+    def load(cls, config: StoreConfig, path: Path, ann: bool = True, background: bool = True) -> "AnnLayerIndex":
+        """Open an index from its latest complete snapshot (raises snapshot.SnapshotError if none is usable)."""
+        from . import snapshot
+
+        state = snapshot.read(Path(path) / "snapshots")
+        groups = [list(g) for g in layer_groups(config)]
+        if state.ann != ann or (ann and (state.pq_m != config.ann_pq_m or state.groups != groups)):
+            raise snapshot.SnapshotError("snapshot was written with other index settings (mode, PQ or groups)")
+        self = cls(config, path, ann=ann, background=False)
+        n = state.rows
+        files = [self.path / "vectors" / f"layer{l:02d}.f16" for l in range(N_LAYERS)]
+        if any(not f.exists() or os.path.getsize(f) < n * DIM * 2 for f in files):
+            raise snapshot.SnapshotError("vector files are missing or shorter than the snapshot says")
+        self._reserve(n)  # columns (the store is still empty here)
+        self._store = F16Store(self.path / "vectors", rows=n)
+        for name in self._COLUMNS:
+            getattr(self, name)[:n] = state.columns[name.lstrip("_")]
+        for name in state.identities:
+            self._identities.code(name)
+        for name in state.cameras:
+            self._cameras.code(name)
+        alive = np.flatnonzero(self._alive[:n])
+        self._pos = dict(zip(self._ids[alive].tolist(), alive.tolist()))
+        self._count = len(alive)
+        self._codebooks, self._segments = state.codebooks, tuple(state.segments)
+        self._covered, self._trained_n = state.covered, state.trained_n
+        self._last_snapshot = time.monotonic()
+        self._dirty = False
+        if background:
+            self.start_background()
+        return self
+
+    def alive_ids(self) -> np.ndarray:
+        with self._lock.read():
+            n = self._store.rows
+            return np.sort(self._ids[:n][self._alive[:n]])
+
+    def stored_f16(self, key_id: int) -> np.ndarray:
+        """(18, 512) float16 stored for a key (snapshot content checks)."""
+        row = self._pos[int(key_id)]
+        return np.stack([self._store.layer(l)[row] for l in range(N_LAYERS)])
+
+    def close(self, snapshot: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._notify()
+        if self._thread is not None:
+            self._thread.join()
+        if snapshot and self.path is not None and self._dirty and self._error is None:
+            self.save_snapshot()
+        self._pool.shutdown(wait=True)
+
+
+class AnnFactory:
+    """`index_factory` of the float16 modes (exact float16 and ann): one directory per index under root."""
+
+    def __init__(self, config: StoreConfig, root: Path):
+        self.config = config
+        self.root = Path(root)
+        self._live: list[AnnLayerIndex] = []
+
+    def __call__(self, config: StoreConfig) -> AnnLayerIndex:
+        import uuid
+
+        ix = AnnLayerIndex(config, self.root / f"idx-{uuid.uuid4().hex[:12]}", ann=config.index_mode == "ann")
+        self._live.append(ix)
+        return ix
+
+    def restore(self, table):
+        """({encoder_id: index}, identity key counts) from snapshots checked against LMDB, or rebuilt.
+        Indexes this factory handed out before (a re-open after a key-transform rotation) are closed first."""
+        from . import snapshot
+
+        for ix in self._live:
+            ix.close(snapshot=False)  # stale (e.g. re-transformed keys): the content check rebuilds it
+        indexes, counts = snapshot.restore(table, self.config, self.root, lambda: self(self.config))
+        self._live = list(indexes.values())
+        return indexes, counts

@@ -1,0 +1,221 @@
+"""The ann mode and the float16 exact mode: every returned score is the oracle's exact score (over the stored
+float16 vectors); ann recall against exact; new keys searchable while training; deletes; filters."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import threading
+
+import numpy as np
+import pytest
+
+from facekeys.bench.synthetic import SyntheticConfig, make_workload
+from facekeys.errors import InvalidArgument
+from facekeys.layers import parse_layers
+from facekeys.store import Filter, MatchQuery, StoreConfig
+from facekeys.store.ann import AnnLayerIndex, f16_bits_as_f32
+from facekeys.store.vectors import KeyAttrs
+
+from fkhelpers import random_keys
+
+
+def _exact_oracle():
+    """The exact-mode oracle helpers (pytest runs with --import-mode=importlib: no sibling imports)."""
+    spec = importlib.util.spec_from_file_location("fk_exact_oracle", Path(__file__).with_name("test_exact_oracle.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_oracle = _exact_oracle()
+assert_topk_matches_oracle, enrol, oracle = _oracle.assert_topk_matches_oracle, _oracle.enrol, _oracle.oracle
+
+SUBSETS = ("high:1", "high:4", "high:6", "all", "low:3", "1,5,18")
+CFG = dict(index_mode="ann", ann_train_min=1024, ann_merge_idle_s=0.05)
+
+
+def f16(x: np.ndarray) -> np.ndarray:
+    """What the index stores: float16 values (as float32)."""
+    return x.astype(np.float16).astype(np.float32)
+
+
+def attrs(n: int, seed: int = 0) -> list[KeyAttrs]:
+    rng = np.random.default_rng(seed)
+    return [KeyAttrs(f"p{rng.integers(0, 500)}", f"cam{rng.integers(0, 4)}", float(t), float(t) + 5.0)
+            for t in rng.uniform(0, 1000, n)]
+
+
+def check_exact(result, gallery16, ids, probes, layers, metric, k, admitted=None):
+    """Tie-aware: the hits are the k best of the admitted keys with their exact scores."""
+    from facekeys.records import Hit
+
+    for i, probe in enumerate(probes):
+        s = oracle(gallery16, probe, layers, metric)
+        scores = {int(kid): float(v) for kid, v, ok in zip(ids, s, admitted if admitted is not None else [True] * len(ids))
+                  if ok}
+        hits = [Hit(int(kid), "", float(v), "", "", "", 0.0, 0.0) for kid, v in zip(result.ids[i], result.scores[i])]
+        assert_topk_matches_oracle(hits, scores, k, metric, tol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A trained ann index over a synthetic pSp-like gallery (module-scoped: training is the slow part)."""
+    data = make_workload(SyntheticConfig(identities=3000, seed=3))
+    ix = AnnLayerIndex(StoreConfig(**CFG), None, background=False)
+    ids = np.arange(1, len(data.gallery) + 1, dtype=np.int64)
+    ix.add(ids, data.gallery, attrs(len(ids)))
+    ix.sync()
+    assert ix.trained and ix.buffered == 0 and len(ix._segments) == 1
+    yield ix, data, ids
+    ix.close()
+
+
+def test_f16_bit_reinterpretation_is_exact():
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = np.isfinite(h)
+    got = f16_bits_as_f32(h, np.empty(h.shape, np.int32)).astype(np.float64) * 2.0**112
+    assert np.array_equal(got[finite], h[finite].astype(np.float64))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_ann_scores_are_exact_values(trained, metric):
+    ix, data, ids = trained
+    g16 = f16(data.gallery)
+    probes = data.probes[:12]
+    for subset in SUBSETS:
+        layers = parse_layers(subset)
+        r = ix.search(probes, layers, metric, 10, Filter())
+        for i, probe in enumerate(probes):
+            s = oracle(g16, probe, layers, metric)
+            np.testing.assert_allclose(r.scores[i], s[r.ids[i] - 1], rtol=1e-10, atol=1e-10)
+            order = -r.scores[i] if metric == "cosine" else r.scores[i]
+            assert np.all(np.diff(order) >= 0)  # best first
+        ex = ix.search(probes, layers, metric, 10, Filter(), exact=True)
+        check_exact(ex, g16, ids, probes, layers, metric, 10)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_ann_recall_against_exact(trained, metric):
+    ix, data, _ = trained
+    probes = data.probes[:200]  # genuine probes
+    for subset in ("high:1", "high:4", "high:9", "all"):
+        layers = parse_layers(subset)
+        ann = ix.search(probes, layers, metric, 10, Filter())
+        ex = ix.search(probes, layers, metric, 10, Filter(), exact=True)
+        assert np.mean(ann.ids[:, 0] == ex.ids[:, 0]) >= 0.99, subset
+        assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ann.ids, ex.ids)]) >= 0.9, subset
+
+
+def test_filters_broad_and_very_selective(trained):
+    ix, data, ids = trained
+    g16 = f16(data.gallery)
+    a = attrs(len(ids))
+    probes = data.probes[:6]
+    cases = [
+        Filter(camera_ids=("cam1",)),  # ~25 %: ann with over-fetch
+        Filter(camera_ids=("cam0", "cam2", "cam3")),
+        Filter(identity_ids=("p7", "p9")),  # a handful of keys: exact scan of the admitted rows
+        Filter(t_from=100.0, t_to=103.0),
+        Filter(identity_ids=("nobody",)),
+    ]
+    for flt in cases:
+        admitted = np.array([(not flt.camera_ids or x.camera_id in flt.camera_ids)
+                             and (not flt.identity_ids or x.identity_id in flt.identity_ids)
+                             and (not flt.t_from or x.t_end >= flt.t_from) and (not flt.t_to or x.t_start <= flt.t_to)
+                             for x in a])
+        for metric in ("cosine", "l2"):
+            r = ix.search(probes, parse_layers("high:4"), metric, 5, flt)
+            assert r.searched == admitted.sum()
+            if not admitted.any():
+                assert r.ids.shape == (len(probes), 0)
+                continue
+            assert set(r.ids.ravel().tolist()) <= set(ids[admitted].tolist())
+            if admitted.sum() * 4 * 1024 <= ix.config.ann_exact_bytes:  # selective: exact answer
+                check_exact(r, g16, ids, probes, parse_layers("high:4"), metric, 5, admitted)
+            else:
+                s = [oracle(g16, p, parse_layers("high:4"), metric) for p in probes]
+                for i in range(len(probes)):
+                    np.testing.assert_allclose(r.scores[i], s[i][r.ids[i] - 1], rtol=1e-10)
+
+
+def test_new_keys_searchable_while_training_and_deletes_respected(monkeypatch):
+    cfg = StoreConfig(**CFG)
+    ix = AnnLayerIndex(cfg, None, background=True)
+    gate, started = threading.Event(), threading.Event()
+    real_train = AnnLayerIndex._train
+
+    def slow_train(self):
+        started.set()
+        assert gate.wait(60)
+        real_train(self)
+
+    monkeypatch.setattr(AnnLayerIndex, "_train", slow_train)
+    try:
+        x = random_keys(1500, seed=11)
+        ix.add(np.arange(1, 1501), x, attrs(1500, 1))
+        assert started.wait(30), "background training did not start"
+        new = random_keys(20, seed=12)
+        ix.add(np.arange(5001, 5021), new, attrs(20, 2))  # while training runs
+        assert not ix.trained
+        r = ix.search(new, tuple(range(18)), "cosine", 1, Filter())
+        assert r.ids[:, 0].tolist() == list(range(5001, 5021))
+        np.testing.assert_allclose(r.scores[:, 0], 1.0, atol=1e-6)  # float16 rounding vs float32 probe
+        ix.remove(np.array([5001, 5002]))
+        r = ix.search(new[:2], tuple(range(18)), "l2", 3, Filter())
+        assert not {5001, 5002} & set(r.ids.ravel().tolist())
+        gate.set()
+        for _ in range(600):
+            if ix.trained and ix.buffered == 0:
+                break
+            threading.Event().wait(0.1)
+        assert ix.trained and ix.buffered == 0
+        ix.add(np.arange(6001, 6004), new[5:8] + 0.01, attrs(3, 3))  # buffered again, beside the segment
+        r = ix.search(new[5:8] + 0.01, parse_layers("high:4"), "l2", 2, Filter())
+        assert r.ids[:, 0].tolist() == [6001, 6002, 6003]
+        ix.remove(np.array([6001, 5010]))
+        r = ix.search(np.stack([new[5] + 0.01, new[9]]), parse_layers("high:4"), "l2", 5, Filter())
+        assert not {6001, 5010} & set(r.ids.ravel().tolist())
+        assert len(ix) == 1500 + 20 + 3 - 4
+    finally:
+        gate.set()
+        ix.close()
+
+
+def test_keystore_ann_and_float16_modes_equal_oracle(store_factory):
+    gallery = random_keys(1200, seed=21)
+    probes = gallery[:5] + 0.3 * random_keys(5, seed=22)
+    g16 = f16(gallery)
+    for name, cfg in (("ann", CFG), ("f16", dict(vector_dtype="float16"))):
+        store = store_factory(name, **cfg)
+        ids = enrol(store, gallery)
+        store._indexes["enc"].sync()
+        assert store.stats().index_mode == cfg.get("index_mode", "exact")
+        for subset in ("high:4", "all"):
+            for metric in ("cosine", "l2"):
+                r = store.match(MatchQuery.build(probes, "enc", subset, metric, top_k=5))
+                for probe, pr in zip(probes, r.results):
+                    scores = dict(zip(ids, oracle(g16, probe, parse_layers(subset), metric)))
+                    if name == "f16":
+                        assert_topk_matches_oracle(pr.hits, scores, 5, metric, tol=1e-9)
+                    else:  # ann: exact values, and the genuine nearest key first
+                        for h in pr.hits:
+                            assert h.score == pytest.approx(scores[h.key_id], rel=1e-9, abs=1e-9)
+                assert [pr.hits[0].key_id for pr in r.results] == ids[:5]
+
+
+def test_bad_settings_fail_fast(trained):
+    ix, data, _ = trained
+    for bad in (-1, 10**9, True, 1.5):
+        with pytest.raises(InvalidArgument):
+            ix.search(data.probes[:1], (0,), "l2", 1, Filter(), candidates=bad)
+    for cfg in (dict(index_mode="hnsw"), dict(vector_dtype="int8"), dict(ann_pq_m=48),
+                dict(ann_groups=("all",)), dict(ann_groups=("high:1",)), dict(ann_candidates=-1),
+                dict(ann_train_min=10)):
+        with pytest.raises(InvalidArgument):
+            StoreConfig(**cfg)
+    with pytest.raises(InvalidArgument):
+        ix.add(np.array([10**6]), np.full((1, 18, 512), 1e6, np.float32), attrs(1))  # beyond float16
+    with pytest.raises(InvalidArgument):
+        ix.add(np.array([1]), data.gallery[:1], attrs(1))  # duplicate id
