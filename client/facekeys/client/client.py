@@ -103,19 +103,18 @@ class _Details(grpc.ClientCallDetails):
         self.metadata = metadata
 
 
-class Client:
-    """Connect to a key store: `Client("127.0.0.1:50051")`. Use as a context manager or call close().
+class ChannelClient:
+    """A stub over one channel (see `open_channel` for the TLS/token options); a context manager."""
 
-    Secured servers: `Client(addr, token=..., tls_ca=open("ca.pem","rb").read())`."""
+    stub_class = None  # set by subclasses
 
-    def __init__(self, target: str, timeout: float = 30.0, max_message_bytes: int = 64 * MiB,
-                 wire_dtype: str = "float32", *, token: Optional[str] = None, tls_ca: Optional[bytes] = None,
-                 client_cert: Optional[bytes] = None, client_key: Optional[bytes] = None):
+    def __init__(self, target: str, timeout: float, *, token: Optional[str] = None, tls_ca: Optional[bytes] = None,
+                 client_cert: Optional[bytes] = None, client_key: Optional[bytes] = None,
+                 max_message_bytes: int = 64 * MiB):
         self._channel = open_channel(target, token=token, tls_ca=tls_ca, client_cert=client_cert,
                                      client_key=client_key, max_message_bytes=max_message_bytes)
-        self._stub = pb_grpc.KeyStoreStub(self._channel)
+        self._stub = self.stub_class(self._channel)
         self.timeout = timeout
-        self.wire_dtype = wire_dtype
 
     def close(self) -> None:
         self._channel.close()
@@ -125,6 +124,19 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Client(ChannelClient):
+    """Connect to a key store: `Client("127.0.0.1:50051")`. Use as a context manager or call close().
+
+    Secured servers: `Client(addr, token=..., tls_ca=open("ca.pem","rb").read())`."""
+
+    stub_class = pb_grpc.KeyStoreStub
+
+    def __init__(self, target: str, timeout: float = 30.0, max_message_bytes: int = 64 * MiB,
+                 wire_dtype: str = "float32", **channel):
+        super().__init__(target, timeout, max_message_bytes=max_message_bytes, **channel)
+        self.wire_dtype = wire_dtype
 
     @_translated
     def wait_ready(self, timeout: float = 10.0) -> None:

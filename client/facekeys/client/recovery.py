@@ -4,12 +4,12 @@ videos (Reveal). Needs only grpcio, protobuf, numpy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 from facekeys.v1 import recovery_pb2 as pb
 from facekeys.v1 import recovery_pb2_grpc as pb_grpc
 
-from .client import MiB, _translated, open_channel
+from .client import ChannelClient, _translated
 
 
 @dataclass(frozen=True)
@@ -30,25 +30,13 @@ class RevealedVideo:
     boxes_skipped: int
 
 
-class RecoveryClient:
+class RecoveryClient(ChannelClient):
     """`RecoveryClient("127.0.0.1:50052", token=..., tls_ca=...)`; grants come from `Client.match_with_grants`."""
 
-    def __init__(self, target: str, timeout: float = 600.0, *, token: Optional[str] = None,
-                 tls_ca: Optional[bytes] = None, client_cert: Optional[bytes] = None,
-                 client_key: Optional[bytes] = None, max_message_bytes: int = 64 * MiB):
-        self._channel = open_channel(target, token=token, tls_ca=tls_ca, client_cert=client_cert,
-                                     client_key=client_key, max_message_bytes=max_message_bytes)
-        self._stub = pb_grpc.RecoveryStub(self._channel)
-        self.timeout = timeout
+    stub_class = pb_grpc.RecoveryStub
 
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def __init__(self, target: str, timeout: float = 600.0, **channel):
+        super().__init__(target, timeout, **channel)
 
     @_translated
     def recover(self, grant: bytes, key_ids: Sequence[int], size: int = 256) -> list[RecoveredFace]:
