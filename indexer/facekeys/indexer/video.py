@@ -1,9 +1,16 @@
-"""PyAV video I/O: RGB frames with their original timestamps in, H.264/MP4 out with the audio carried over.
+"""PyAV video I/O: RGB frames with their original timestamps in, H.264 (or lossless) out with the audio kept.
 
 The writer keeps every frame's pts in the source stream's time base (variable frame rate survives), pads
-odd widths/heights by one replicated pixel (yuv420p needs even sizes), copies the audio packets when MP4
-can hold the codec and re-encodes them to AAC otherwise, and writes to `<dst>.partial` first so a failed
-run never leaves a half file under the final name.
+odd widths/heights by one replicated pixel (yuv420p needs even sizes), copies the audio packets when the
+container can hold the codec and re-encodes them to AAC otherwise, and writes to `<dst>.partial` first so
+a failed run never leaves a half file under the final name.
+
+`EncoderConfig.codec` picks the output (the indexer uses "h264"; recovery's reveals default to a lossless one,
+where every pixel decodes exactly as it was written):
+
+  "h264"           libx264, yuv420p, crf `crf`, MP4. Small and playable everywhere; lossy.
+  "h264-lossless"  libx264rgb, crf 0, RGB 4:4:4, MP4. Exact; plays in ffmpeg/VLC, not in most browsers.
+  "ffv1"           FFV1 (bgr0), Matroska. Exact; archival.
 """
 
 from __future__ import annotations
@@ -19,10 +26,17 @@ import numpy as np
 
 from facekeys.errors import InvalidArgument
 
-__all__ = ["VideoError", "VideoInfo", "Frame", "VideoReader", "EncoderConfig", "VideoWriter"]
+__all__ = ["VideoError", "VideoInfo", "Frame", "VideoReader", "CODECS", "EncoderConfig", "VideoWriter"]
 
-# Audio codecs the MP4 muxer takes as-is; anything else is re-encoded to AAC.
+# Audio codecs the MP4 muxer takes as-is; anything else is re-encoded to AAC (Matroska takes any codec).
 MP4_AUDIO_COPY = frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"})
+
+# EncoderConfig.codec -> (container format, encoder, pix_fmt, encoder options from the config)
+CODECS = {
+    "h264": ("mp4", "libx264", "yuv420p", lambda cfg: {"crf": str(cfg.crf), "preset": cfg.preset}),
+    "h264-lossless": ("mp4", "libx264rgb", "rgb24", lambda cfg: {"crf": "0", "preset": cfg.preset}),
+    "ffv1": ("matroska", "ffv1", "bgr0", lambda cfg: {}),
+}
 
 
 class VideoError(InvalidArgument):
@@ -132,11 +146,14 @@ def _pts_step(info: VideoInfo) -> int:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    crf: int = 23  # libx264 constant rate factor (lower = better quality, bigger files)
-    preset: str = "veryfast"  # libx264 speed/size trade-off: ultrafast ... veryslow
-    threads: int = 0  # libx264 threads; 0 = auto
+    crf: int = 23  # libx264 constant rate factor (lower = better quality, bigger files); "h264" only
+    preset: str = "veryfast"  # libx264 speed/size trade-off: ultrafast ... veryslow; not used by "ffv1"
+    threads: int = 0  # encoder threads; 0 = auto
+    codec: str = "h264"  # "h264" (lossy, yuv420p MP4) | "h264-lossless" (MP4) | "ffv1" (MKV): see CODECS
 
     def __post_init__(self):
+        if self.codec not in CODECS:
+            raise InvalidArgument(f"EncoderConfig.codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
         if self.preset not in presets:
             raise InvalidArgument(f"EncoderConfig.preset must be one of {presets}, got {self.preset!r}")
@@ -147,7 +164,7 @@ class EncoderConfig:
 
 
 class VideoWriter:
-    """H.264 (libx264, yuv420p) MP4 writer keeping the given pts; `close()` publishes the file."""
+    """Video writer (`cfg.codec`, H.264/MP4 by default) keeping the given pts; `close()` publishes the file."""
 
     def __init__(
         self,
@@ -165,25 +182,32 @@ class VideoWriter:
         if not self.path.parent.is_dir():
             raise InvalidArgument(f"output folder {str(self.path.parent)!r} does not exist")
         self._tmp = self.path.with_name(self.path.name + ".partial")
+        fmt, encoder, pix_fmt, options = CODECS[cfg.codec]
         self.width, self.height = width, height
-        self._ew, self._eh = width + (width & 1), height + (height & 1)  # even encoder size
-        self._c = av.open(str(self._tmp), mode="w", format="mp4")
+        if pix_fmt == "yuv420p":  # 4:2:0 needs even sizes: pad by one replicated pixel
+            self._ew, self._eh = width + (width & 1), height + (height & 1)
+        else:
+            self._ew, self._eh = width, height
+        # Matroska would shift every stream so that none starts below 0 (AAC priming starts audio at about
+        # -21 ms), moving the video's stamps; keep them as they are (MP4 uses an edit list instead).
+        opts = {"avoid_negative_ts": "disabled"} if fmt == "matroska" else {}
+        self._c = av.open(str(self._tmp), mode="w", format=fmt, container_options=opts)
         try:
-            vs = self._c.add_stream("libx264", rate=rate or Fraction(25))
-            vs.width, vs.height, vs.pix_fmt = self._ew, self._eh, "yuv420p"
+            vs = self._c.add_stream(encoder, rate=rate or Fraction(25))
+            vs.width, vs.height, vs.pix_fmt = self._ew, self._eh, pix_fmt
             vs.time_base = time_base
             vs.codec_context.time_base = time_base
             vs.thread_type = "AUTO"
-            vs.options = {"crf": str(cfg.crf), "preset": cfg.preset}
+            vs.options = options(cfg)
             if cfg.threads:
                 vs.codec_context.thread_count = cfg.threads
             self._vs, self._tb = vs, time_base
             self._as = self._dec = None
             if audio_template is not None:
                 name = audio_template.codec_context.name
-                if name in MP4_AUDIO_COPY:
+                if fmt == "matroska" or name in MP4_AUDIO_COPY:
                     self._as = self._c.add_stream_from_template(audio_template)
-                else:  # e.g. PCM: decode and re-encode to AAC
+                else:  # e.g. PCM in MP4: decode and re-encode to AAC
                     cc = audio_template.codec_context
                     rate = cc.sample_rate or 48000
                     self._as = self._c.add_stream("aac", rate=rate)
@@ -208,7 +232,7 @@ class VideoWriter:
             raise InvalidArgument(f"pts must increase: {pts} after {self._last_pts}")
         if (self._ew, self._eh) != (self.width, self.height):
             image = np.pad(image, ((0, self._eh - self.height), (0, self._ew - self.width), (0, 0)), mode="edge")
-        vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         vf.pts, vf.time_base = int(pts), self._tb
         for p in self._vs.encode(vf):
             self._c.mux(p)

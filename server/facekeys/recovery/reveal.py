@@ -34,7 +34,7 @@ from PIL import Image
 
 from facekeys.errors import InvalidArgument, Unavailable
 
-from .video import OutputVideoConfig, RevealWriter
+from .video import OutputVideoConfig
 
 __all__ = ["PlacementConfig", "RevealStats", "region", "face_patch", "feather_mask", "paste", "reveal_video"]
 
@@ -150,7 +150,7 @@ def reveal_video(
     Frames, pts, frame rate and audio are carried over; `dst` appears only when complete (`<dst>.partial`
     while writing, removed on failure). Faces are given, already generated: nothing is generated per frame.
     """
-    from facekeys.indexer.video import VideoReader  # PyAV
+    from facekeys.indexer.video import VideoReader, VideoWriter  # PyAV
 
     per_frame: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)  # frame_index -> [(key, box row)]
     total = 0
@@ -164,7 +164,8 @@ def reveal_video(
     frames = changed = revealed = 0
     with VideoReader(src) as reader:
         info = reader.info
-        writer = RevealWriter(dst, info.width, info.height, info.time_base, info.rate, reader.audio_stream, output)
+        writer = VideoWriter(dst, info.width, info.height, info.time_base, info.rate, reader.audio_stream,
+                             output.encoder())
         ok = False
         try:
             for fr in reader.frames(audio_sink=writer.mux_audio):
