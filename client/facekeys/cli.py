@@ -38,8 +38,9 @@ def _server_config(args):
     from facekeys.server import ServerConfig
     from facekeys.store import StoreConfig
 
-    store = StoreConfig(map_size=args.map_size, cosine_threshold=args.cosine_threshold,
-                        l2_threshold=args.l2_threshold)
+    thresholds = {k: v for k, v in (("cosine_threshold", args.cosine_threshold),
+                                      ("l2_threshold", args.l2_threshold)) if v is not None}
+    store = StoreConfig(map_size=args.map_size, **thresholds)
 
     def path(v):
         return Path(v) if v else None
@@ -105,7 +106,7 @@ def cmd_demo(args) -> int:
                 best = r.results[0].hits[0]
                 truth = (f"person-{data.probe_labels[p]:04d}" if data.probe_labels[p] < 200 else "an impostor")
                 print(f"probe of {truth:>12}: {'ACCEPTED' if r.results[0].accepted else 'refused '} "
-                      f"best {best.identity_id} cosine={best.score:.3f} (threshold {r.threshold:.2f}, layers 1-4)")
+                      f"best {best.identity_id} cosine={best.score:.3f} (threshold {r.threshold:.3f}, layers 1-4)")
         if args.exit:
             return 0
         from facekeys.server.service import wait_for_signal
@@ -273,9 +274,10 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
     p.add_argument("--map-size", type=parse_size, default=parse_size("64G"), help="LMDB map size (e.g. 64G)")
     p.add_argument("--default-layers", default="high:4", help="layer subset when a Match names none")
-    p.add_argument("--cosine-threshold", type=float, default=0.86,
-                   help="default accept threshold (cosine >=); calibrate with `facekeys bench recall`")
-    p.add_argument("--l2-threshold", type=float, default=26.0, help="default accept threshold (L2 <=)")
+    p.add_argument("--cosine-threshold", type=float,
+                   help="default accept threshold (cosine >=; default: StoreConfig's, calibrated on the synthetic "
+                        "workload); calibrate on your data with `facekeys bench recall`")
+    p.add_argument("--l2-threshold", type=float, help="default accept threshold (L2 <=; default: StoreConfig's)")
     p.add_argument("--encoder-checkpoint", help="psp_ffhq_encode.pt: enables image Enroll/Match")
     g = p.add_argument_group("security (see README, Security)")
     g.add_argument("--tls-cert", help="PEM server certificate")
