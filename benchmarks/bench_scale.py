@@ -194,8 +194,8 @@ def run_index(args, lines):
               f"- index: {len(ix._segments)} segment(s) x {shards} shard(s); per layer mean + PQ{cfg.ann_pq_m}x4 "
               f"({cfg.ann_pq_m // 2} B/key/layer), PQ fast-scan indexes for the single layers and the groups "
               f"{', '.join(cfg.ann_groups)}; candidates {cfg.ann_candidates or 'auto (256*sqrt(N/10k), x4/|S| below 4 layers, capped by 32 MiB of re-rank reads)'}",
-              f"- build: add {t_add:.1f} s (float32 -> float16 + mmap write; excludes data generation and the "
-              f"float32 truth), train + encode {t_sync:.1f} s, snapshot write {t_snap:.1f} s",
+              f"- build: add {t_add:.1f} s (generating the synthetic chunks + float32 -> float16 + mmap write; "
+              f"excludes the float32 truth), train + encode {t_sync:.1f} s, snapshot write {t_snap:.1f} s",
               f"- RSS after build: {gb(mem['VmRSS'])} (anonymous {gb(mem['RssAnon'])}, file-backed {gb(mem['RssFile'])}); "
               f"peak {gb(mem['VmHWM'])}",
               f"- bytes per key: {ix.nbytes / n:,.0f} in the index (float16 vectors {N_LAYERS * DIM * 2:,} + codes "

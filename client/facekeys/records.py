@@ -154,6 +154,20 @@ class MatchQuery:
     top_k: int = 1
     threshold: Optional[float] = None  # None = the store's default for the metric
     filter: Filter = field(default_factory=Filter)
+    # ann index mode only (exact mode ignores them): candidates taken from each group-index shard before the
+    # exact re-rank (0 = the store's default, sized from the number of keys; limit StoreConfig.ann_max_candidates),
+    # and `exact` = scan every admitted key instead (slow at scale; what ann recall is measured against)
+    ann_candidates: int = 0
+    exact: bool = False
+
+    def index_options(self) -> dict:
+        """Keyword arguments for an ann index's search (empty when the defaults apply)."""
+        opts = {}
+        if self.ann_candidates:
+            opts["candidates"] = self.ann_candidates
+        if self.exact:
+            opts["exact"] = True
+        return opts
 
     @classmethod
     def build(

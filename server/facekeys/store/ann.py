@@ -7,20 +7,35 @@ Layout (one `AnnLayerIndex` per encoder):
               append-only, deleted keys are tombstoned and their rows zeroed.
     columns   key id, alive flag, per-layer squared norms (float32, of the stored float16 values) and the
               filter attributes, aligned with the rows, in RAM.
-    segments  immutable candidate generators over a row range: per layer one FAISS IVF-PQ fast-scan
-              index (4-bit PQ, `ann_pq_m` sub-quantisers: m/2 bytes per key and layer). Built and swapped
-              in by a background thread; never mutated after publication, so searches need no lock
-              against the builder.
+    codebooks per layer: the mean (vectors are centred) and a 4-bit PQ with `ann_pq_m` sub-quantisers
+              (m/2 bytes per key and layer), trained in the background once `ann_train_min` keys exist.
+    segments  immutable candidate generators over a row range: one FAISS PQ fast-scan index (inner
+              product) per layer group, for every single layer and the configured groups (high:4, high:8,
+              9-16, low:4). A group's PQ is its layers' PQs side by side, so its codes are the per-layer
+              codes concatenated (each layer is encoded once). Built and swapped in by a background
+              thread, never mutated after publication (searches need no lock against the builder); large
+              segments are split into `ann_threads` shards searched in parallel.
     buffer    rows not yet covered by a segment (new keys, or everything before the first training):
               scanned exactly, beside the segments. New keys are searchable the moment `add` returns.
 
-Search over a layer subset S: every layer l in S yields `candidates` rows from each segment (approximate
-L2 on that layer); the union is ranked by an optimistic combined estimate (a row a layer did not return
-gets that layer's worst returned distance), the best `rerank` of them plus the buffer's exact best are
-re-scored EXACTLY in float64 from the stored float16 vectors. Returned scores are therefore exact values
-of the metric over the stored vectors; only the candidate set is approximate (recall is measured in
-benchmarks/bench_scale.py). Filters that admit few rows (fewer than `ann_exact_bytes` to scan) are
-answered by an exact scan of the admitted rows; other filters go to FAISS as an ID selector.
+Search over a layer subset S: the groups covering S (fewest scanned layers) are searched with the centred
+probe, zero on the group's layers outside S, so each returns the keys with the best approximate
+<q_S - mu_S, x_S - mu_S> over exactly the subset's layers (this is -0.5 L2 up to the key's norm term, and
+ranks cosine well because the norms concentrate). The `candidates` best of every shard, plus the buffer's
+exact best, are scored exactly in float32 from the float16 vectors and the best k + rerank_extra re-scored
+in float64: returned scores are exact values of the metric over the stored vectors; only the candidate set
+is approximate (recall measured in benchmarks/bench_scale.py). Filters admitting few rows (fewer than
+`ann_exact_bytes` of float16 to scan) are answered by an exact scan of the admitted rows; broader filters
+(and deletions) fetch proportionally more candidates and drop the excluded ones (flat fast-scan indexes
+take no FAISS ID selector).
+
+Why not IVF and why not one index per layer (measured on the synthetic pSp-like workload at 100k keys,
+benchmarks/RESULTS-scale.md): the latents have no cluster structure, so IVF-PQ with 64 of 1024 lists found
+the exact nearest key of a single layer for only ~50 % of probes; and a union of per-layer candidate lists
+reached genuine recall@1 0.95 with 1024 candidates per layer, because the subset's nearest key is often only
+moderately near in each single layer. Scoring the subset's layers together (group indexes) reaches 0.99-1.0
+at a fraction of the candidates. FAISS fast-scan accumulates in 16 bits and breaks beyond ~512
+sub-quantisers (measured), hence groups of at most 512 / m layers.
 
 Float16 scans: numpy's float16 cast is scalar (~0.8 GB/s measured here), so the exact scan reinterprets
 the float16 bits as float32 with two integer operations ((int16 -> int32) << 13, clear bits 28..30): that
@@ -722,9 +737,11 @@ class AnnLayerIndex:
             self._dirty = True
 
     def _compact(self) -> None:
-        """Rebuild the smallest segments (without their deleted rows) into one."""
+        """Rebuild segments (without their deleted rows) into one: every search visits every segment."""
         segs = sorted(self._segments, key=lambda s: len(s.rows))
-        take = segs[: max(2, len(segs) - self.config.ann_max_segments + 1)]
+        take = segs[:-1]  # tiered: the small ones into one; everything once they add up to half the largest
+        if sum(len(s.rows) for s in take) * 2 >= len(segs[-1].rows):
+            take = segs
         rows = np.sort(np.concatenate([s.rows for s in take]))
         rows = rows[self._alive[rows]]
         seg = self._build_segment(rows)

@@ -21,8 +21,8 @@ class StoreConfig:
     #                                the bytes per scan; ann always keeps float16)
     # Default accept thresholds for layers 1-4, from the open-set calibration at FAR <= 1e-3 on the SYNTHETIC
     # workload (benchmarks/RESULTS-recall.md). Recalibrate on real keys with `facekeys bench recall`.
-    cosine_threshold: float = 0.86  # accept if cosine >= this
-    l2_threshold: float = 26.0  # accept if L2 distance <= this
+    cosine_threshold: float = 0.864  # accept if cosine >= this
+    l2_threshold: float = 26.06  # accept if L2 distance <= this
     max_top_k: int = 1000  # largest top_k a request may ask for
     max_probes: int = 1024  # largest probe batch in one Match
     max_batch: int = 4096  # largest number of keys in one Enroll
@@ -40,7 +40,7 @@ class StoreConfig:
     ann_train_min: int = 8192  # keys before the first training; fewer are served by the exact buffer alone
     ann_merge_rows: int = 16_384  # buffered (exact-scanned) keys that trigger a background merge
     ann_merge_idle_s: float = 2.0  # ... or this long without enrolments, whatever the buffer size
-    ann_max_segments: int = 6  # more segments than this are compacted into one in the background
+    ann_max_segments: int = 3  # more segments than this are compacted in the background (each search visits all)
     ann_exact_bytes: int = 64 << 20  # filters admitting fewer float16 bytes than this are answered by an exact scan
     ann_threads: int = 2  # threads per search (shards in parallel) and per exact scan
     snapshot_interval_s: float = 300.0  # ann/float16 indexes snapshot at most this often (and at close)
