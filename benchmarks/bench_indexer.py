@@ -11,8 +11,8 @@ Both tools run CenterFace on onnxruntime's CPU provider with its default thread 
 Unless --no-keys: a `facekeys index` row (the journalled batch indexer: hashing, obfuscation, keys from a
 small random-init pSp encoder, enrolment into an embedded store) in the same round-robin, and key
 extraction (align + encode every track's best crop) timed on its own. Random weights: the timing is real
-for the small architecture only; the full-size encoder's cost is in RESULTS-models.md.
-Prints a Markdown table; copy it into RESULTS-indexer.md.
+for the small architecture only; the full-size encoder's cost is in RESULTS.md.
+Prints a Markdown table; copy it into RESULTS.md.
 """
 
 from __future__ import annotations

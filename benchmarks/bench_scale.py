@@ -1,7 +1,7 @@
 """Scale benchmark (issue 6): the `ann` and float16 `exact` modes at 100k-1M keys on one box.
 
-    python benchmarks/bench_scale.py --n 100000 --keystore --out benchmarks/RESULTS-scale.md
-    python benchmarks/bench_scale.py --n 1000000 --append benchmarks/RESULTS-scale.md
+    python benchmarks/bench_scale.py --n 100000 --keystore --out benchmarks/RESULTS.md
+    python benchmarks/bench_scale.py --n 1000000 --append benchmarks/RESULTS.md
 
 SYNTHETIC pSp-like latents: the model of benchmarks/facekeys/bench/synthetic.py (shared latent_avg,
 per-layer identity profile, anisotropic noise, shared nuisance directions), streamed in chunks so that 1M

@@ -11,7 +11,7 @@ light: every image has some of them, which correlates impostor scores), `c_r ~ N
 are noisier than gallery keys ("years older"). Impostors are fresh identities that are not in the gallery.
 
 The defaults are tuned so that nothing saturates. Measured through the engine with 2000 identities and 2000
-impostors (benchmarks/RESULTS-recall.md): top-1 accuracy runs from ~0.2 % (layer 18 alone) to ~99.9 %
+impostors (benchmarks/RESULTS.md): top-1 accuracy runs from ~0.2 % (layer 18 alone) to ~99.9 %
 (layers 1-5), layer 1 alone gets ~79 %, all 18 layers ~96.5 %, and impostor top-1 scores overlap the
 genuine ones (open-set TAR at FAR 1e-2 from 0 to ~93 % depending on the subset). More identities make
 every subset harder; fewer make it easier.

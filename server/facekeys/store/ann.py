@@ -30,7 +30,7 @@ is approximate (recall measured in benchmarks/bench_scale.py). Filters admitting
 take no FAISS ID selector).
 
 Why not IVF and why not one index per layer (measured on the synthetic pSp-like workload at 100k keys,
-benchmarks/RESULTS-scale.md): the latents have no cluster structure, so IVF-PQ with 64 of 1024 lists found
+benchmarks/RESULTS.md): the latents have no cluster structure, so IVF-PQ with 64 of 1024 lists found
 the exact nearest key of a single layer for only ~50 % of probes; and a union of per-layer candidate lists
 reached genuine recall@1 0.95 with 1024 candidates per layer, because the subset's nearest key is often only
 moderately near in each single layer. Scoring the subset's layers together (group indexes) reaches 0.99-1.0

@@ -20,7 +20,7 @@ class StoreConfig:
     vector_dtype: str = "float32"  # exact mode only: "float32" (in RAM) or "float16" (memory-mapped files, half
     #                                the bytes per scan; ann always keeps float16)
     # Default accept thresholds for layers 1-4, from the open-set calibration at FAR <= 1e-3 on the SYNTHETIC
-    # workload (benchmarks/RESULTS-recall.md). Recalibrate on real keys with `facekeys bench recall`.
+    # workload (benchmarks/RESULTS.md). Recalibrate on real keys with `facekeys bench recall`.
     cosine_threshold: float = 0.864  # accept if cosine >= this
     l2_threshold: float = 26.06  # accept if L2 distance <= this
     max_top_k: int = 1000  # largest top_k a request may ask for
@@ -28,7 +28,7 @@ class StoreConfig:
     max_batch: int = 4096  # largest number of keys in one Enroll
     rebuild_batch: int = 4096  # keys read from LMDB per index add at start-up
     rerank_extra: int = 16  # candidates beyond top_k re-scored in float64 before the final order
-    # -- ann mode (defaults measured in benchmarks/RESULTS-scale.md) --
+    # -- ann mode (defaults measured in benchmarks/RESULTS.md) --
     ann_pq_m: int = 64  # 4-bit PQ sub-quantisers per layer: m/2 bytes per key and layer (64 -> 32 B, 8 dims each)
     ann_groups: tuple = ("high:4", "high:8", "9-16", "low:4")  # layer groups with a concatenated-code index (at
     #                     most 512 / ann_pq_m layers each); a subset is served by the groups covering it, every
