@@ -180,3 +180,11 @@ def test_swapped_ciphertexts_are_detected(tmp_path):
     env.close()
     with pytest.raises(FailedPrecondition, match="tampered"):
         KeyStore.open(tmp_path / "lmdb", CFG, cipher=keyring(tmp_path))
+
+
+@pytest.mark.parametrize("cfg", [dict(index_mode="ann"), dict(vector_dtype="float16")])
+def test_encryption_refuses_index_modes_with_plaintext_files_on_disk(tmp_path, cfg):
+    """ann and float16 modes keep vectors and snapshots in files that are not encrypted yet: refused."""
+    with pytest.raises(FailedPrecondition, match="encryption at rest"):
+        KeyStore.open(tmp_path / "lmdb", StoreConfig(map_size=1 << 28, **cfg), cipher=keyring(tmp_path))
+    assert not (tmp_path / "lmdb" / "indexes").exists()

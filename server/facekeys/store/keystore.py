@@ -80,8 +80,13 @@ class KeyStore:
         stored key and every probe; `previous_transform` resumes an interrupted `rotate_transform`.
         """
         config = config or StoreConfig()
+        float32 = config.index_mode == "exact" and config.vector_dtype == "float32"
+        if cipher is not None and not float32:
+            raise FailedPrecondition(
+                "encryption at rest does not yet cover the float16 vector files and index snapshots of "
+                f"index_mode={config.index_mode!r}, vector_dtype={config.vector_dtype!r}: with a master key use "
+                "index_mode='exact', vector_dtype='float32' (vectors only in RAM, nothing but LMDB on disk)")
         if index_factory is None:  # exact float32 in RAM; float16 files + snapshots for exact-f16 and ann
-            float32 = config.index_mode == "exact" and config.vector_dtype == "float32"
             index_factory = flat_index if float32 else AnnFactory(config, Path(path) / "indexes")
         table = LmdbTable(Path(path), config.map_size, config.durable, cipher)
         store = cls(table, config, index_factory)
