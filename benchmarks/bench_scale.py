@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_keystore import memory_bandwidth  # noqa: E402
+from bench_keystore import memory_bandwidth, timed  # noqa: E402
 
 from facekeys.bench.synthetic import SyntheticConfig, layer_profile  # noqa: E402
 from facekeys.dims import DIM, N_LAYERS  # noqa: E402
@@ -137,15 +137,6 @@ def gb(x) -> str:
     return f"{x / 1e9:.2f} GB"
 
 
-def timed(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return np.array(out)
 
 
 def machine_lines(args) -> list[str]:
@@ -242,11 +233,11 @@ def measure(ix, wl, truth, args, bw, lines):
             changed = int((ex.ids[:, 0] != f32_top1).sum())
             sign = -1 if metric == "cosine" else 1
             diff = np.abs(ex.scores[:, 0] - sign * t_cost[:, 0]).max()
-            one = [timed(lambda i=i: ix.search(wl.probes[i : i + 1], lay, metric, 10, flt), 1, 0)[0]
+            one = [timed(lambda i=i: ix.search(wl.probes[i : i + 1], lay, metric, 10, flt), 0, 1)[0]
                    for i in range(min(P, args.timed))]
             b = min(args.batch, P)
-            tb = timed(lambda: ix.search(wl.probes[:b], lay, metric, 10, flt), 3, 1)
-            te = timed(lambda: ix.search(wl.probes[:1], lay, metric, 10, flt, exact=True), args.exact_repeats, 1)
+            tb = timed(lambda: ix.search(wl.probes[:b], lay, metric, 10, flt), 1, 3)
+            te = timed(lambda: ix.search(wl.probes[:1], lay, metric, 10, flt, exact=True), 1, args.exact_repeats)
             bound = ix.rows * len(lay) * DIM * 2 / bw
             lines.append(
                 f"| {subset} | {metric} | {r1[genuine].mean():.3f} | {r1[~genuine].mean() if (~genuine).any() else float('nan'):.3f} "
@@ -278,7 +269,7 @@ def run_keystore(args, lines):
     ix.sync()
     t_sync = time.perf_counter() - t1
     q = MatchQuery.build(wl.probes[:1], "bench", "high:4", "cosine", top_k=10)
-    lat = timed(lambda: store.match(q), 50, 3)
+    lat = timed(lambda: store.match(q), 3, 50)
     t2 = time.perf_counter()
     store.close()
     t_close = time.perf_counter() - t2
@@ -286,7 +277,7 @@ def run_keystore(args, lines):
     store = KeyStore.open(root, cfg)
     t_open = time.perf_counter() - t3
     ok = store.stats().keys == n and store._indexes["bench"].trained
-    lat2 = timed(lambda: store.match(q), 50, 3)
+    lat2 = timed(lambda: store.match(q), 3, 50)
     store.close()
     lines += ["", f"### Full KeyStore at N = {n:,} (LMDB + ann)", "",
               f"- enrol (durable=False, batches of 4096): {t_enrol:.0f} s ({n / t_enrol:,.0f} keys/s incl. data generation); "
