@@ -34,24 +34,17 @@ def parse_size(text: str) -> int:
 
 # -- server-side commands ---------------------------------------------------------------------------
 def _server_config(args):
-    from facekeys.security.config import SecurityConfig
     from facekeys.server import ServerConfig
     from facekeys.store import StoreConfig
 
     thresholds = {k: v for k, v in (("cosine_threshold", args.cosine_threshold),
-                                      ("l2_threshold", args.l2_threshold)) if v is not None}
+                                    ("l2_threshold", args.l2_threshold)) if v is not None}
     store = StoreConfig(map_size=args.map_size, **thresholds)
+    security = security_config(args)
 
     def path(v):
         return Path(v) if v else None
 
-    security = SecurityConfig(
-        tls_cert=path(args.tls_cert), tls_key=path(args.tls_key), tls_client_ca=path(args.tls_client_ca),
-        credentials_file=path(args.credentials_file), grant_key_file=path(args.grant_key_file),
-        grant_ttl=args.grant_ttl, audit_log=path(args.audit_log), audit_key_file=path(args.audit_key_file),
-        transform_secret_file=path(args.transform_secret_file), master_key_file=path(args.master_key_file),
-        insecure=args.insecure,
-    )
     return ServerConfig(
         data_dir=Path(args.data_dir), host=args.host, port=args.port, metrics_port=args.metrics_port,
         health_port=args.health_port, workers=args.workers, default_layers=args.default_layers,
@@ -279,19 +272,42 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
                         "workload); calibrate on your data with `facekeys bench recall`")
     p.add_argument("--l2-threshold", type=float, help="default accept threshold (L2 <=; default: StoreConfig's)")
     p.add_argument("--encoder-checkpoint", help="psp_ffhq_encode.pt: enables image Enroll/Match")
-    g = p.add_argument_group("security (see README, Security)")
+    security_flags(p.add_argument_group("security (see README, Security)"), signs_grants=True)
+
+
+def security_flags(g, *, signs_grants: bool) -> None:
+    """TLS, credentials, audit and key-transform flags shared by `serve` and `recover-serve`."""
     g.add_argument("--tls-cert", help="PEM server certificate")
     g.add_argument("--tls-key", help="PEM private key")
     g.add_argument("--tls-client-ca", help="require client certificates from this CA (mutual TLS)")
     g.add_argument("--credentials-file", help="client tokens and roles (facekeys creds issue); enables auth")
-    g.add_argument("--grant-key-file", help="Ed25519 key signing reveal grants (facekeys secrets init)")
-    g.add_argument("--grant-ttl", type=float, default=300.0, help="seconds a reveal grant is valid")
     g.add_argument("--audit-log", help="tamper-evident audit log file")
     g.add_argument("--audit-key-file", help="HMAC key of the audit log")
     g.add_argument("--transform-secret-file", help="per-deployment key transform secret")
-    g.add_argument("--master-key-file", help="32-byte master key: encrypt keys at rest")
     g.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback listener without TLS and credentials (closed test networks only)")
+    if signs_grants:
+        g.add_argument("--grant-key-file", help="Ed25519 key signing reveal grants (facekeys secrets init)")
+        g.add_argument("--grant-ttl", type=float, default=300.0, help="seconds a reveal grant is valid")
+        g.add_argument("--master-key-file", help="32-byte master key: encrypt keys at rest")
+
+
+def security_config(args):
+    """The SecurityConfig for flags added by `security_flags`."""
+    from facekeys.security.config import SecurityConfig
+
+    def path(v):
+        return Path(v) if v else None
+
+    extra = {}
+    if hasattr(args, "grant_key_file"):
+        extra = dict(grant_key_file=path(args.grant_key_file), grant_ttl=args.grant_ttl,
+                     master_key_file=path(args.master_key_file))
+    return SecurityConfig(
+        tls_cert=path(args.tls_cert), tls_key=path(args.tls_key), tls_client_ca=path(args.tls_client_ca),
+        credentials_file=path(args.credentials_file), audit_log=path(args.audit_log),
+        audit_key_file=path(args.audit_key_file), transform_secret_file=path(args.transform_secret_file),
+        insecure=args.insecure, **extra)
 
 
 def _client_flags(p: argparse.ArgumentParser, default: str = DEFAULT_SERVER) -> None:

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from facekeys.cli import security_config, security_flags
+
 from .reveal import PlacementConfig
 from .video import CODECS, OutputVideoConfig
 
@@ -40,32 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus port (-1 = off, 0 = any)")
     p.add_argument("--workers", type=int, default=4, help="gRPC handler threads")
     p.add_argument("--log-level", default="INFO")
-    g = p.add_argument_group("security (as `facekeys serve`)")
-    g.add_argument("--tls-cert", help="PEM server certificate")
-    g.add_argument("--tls-key", help="PEM private key")
-    g.add_argument("--tls-client-ca", help="require client certificates from this CA (mutual TLS)")
-    g.add_argument("--credentials-file", help="client tokens and roles (callers need role revealer); enables auth")
-    g.add_argument("--audit-log", help="tamper-evident audit log file")
-    g.add_argument("--audit-key-file", help="HMAC key of the audit log")
-    g.add_argument("--transform-secret-file", help="the key store's key transform secret (keys are inverted)")
-    g.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback listener without TLS and credentials (closed test networks only)")
+    security_flags(p.add_argument_group("security (as `facekeys serve`; callers need role revealer)"),
+                   signs_grants=False)
     return p
 
 
 def config_from_args(args):
-    from facekeys.security.config import SecurityConfig
-
     from .app import RecoveryConfig
 
     def path(v):
         return Path(v) if v else None
 
-    security = SecurityConfig(
-        tls_cert=path(args.tls_cert), tls_key=path(args.tls_key), tls_client_ca=path(args.tls_client_ca),
-        credentials_file=path(args.credentials_file), audit_log=path(args.audit_log),
-        audit_key_file=path(args.audit_key_file), transform_secret_file=path(args.transform_secret_file),
-        insecure=args.insecure)
+    security = security_config(args)
     return RecoveryConfig(
         checkpoint=Path(args.checkpoint), keystore=args.keystore, keystore_token_file=path(args.keystore_token_file),
         keystore_tls_ca=path(args.keystore_tls_ca), grant_public_key=path(args.grant_public_key),
