@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from facekeys import wire
 from facekeys.client import Client
-from facekeys.errors import FailedPrecondition, InvalidArgument, NotFound
+from facekeys.errors import InvalidArgument, NotFound
 from facekeys.records import Filter, NewKey, Where
 from facekeys.v1 import keystore_pb2 as pb
 from facekeys.v1 import keystore_pb2_grpc as pb_grpc
@@ -182,8 +182,8 @@ def test_client_raises_domain_errors(served):
     with Client(srv.address) as c:
         with pytest.raises(InvalidArgument, match="reversed"):
             c.match(x[0], "enc", "5-2")
-        with pytest.raises(FailedPrecondition):
-            raise FailedPrecondition("x")
+        with pytest.raises(NotFound, match="key 999 not found"):
+            c.get(999)
 
 
 def test_health_and_reflection(served):

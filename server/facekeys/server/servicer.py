@@ -3,6 +3,7 @@ as domain exceptions and turned into status codes by `interceptors.StatusInterce
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Protocol
 
 import numpy as np
@@ -80,8 +81,8 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
         for i, m in enumerate(request.keys):
             if m.WhichOneof("face") == "image":
                 latent = self._image_latent(m.image, m.encoder_id)
-                m.encoder_id = self._encoder.encoder_id
-                keys.append(wire.new_key_from_pb(m, i, latent))
+                key = wire.new_key_from_pb(m, i, latent)
+                keys.append(dataclasses.replace(key, encoder_id=self._encoder.encoder_id))
             else:
                 keys.append(wire.new_key_from_pb(m, i))
         return keys
