@@ -213,6 +213,13 @@ class LmdbTable:
                     out[key_id] = self._decode_meta(key_id, bytes(raw))
         return out
 
+    def iter_meta(self) -> Iterator[StoredMeta]:
+        """Metadata of every key in key-id order (decrypted when the store is encrypted; no latents), read in
+        one read transaction."""
+        with self.env.begin(db=self._meta, buffers=True) as txn:
+            for kb, raw in txn.cursor():
+                yield self._decode_meta(_U64.unpack(bytes(kb))[0], bytes(raw))
+
     def get(self, key_id: int, include_latent: bool) -> KeyRecord:
         kb = _k(key_id)
         with self.env.begin(buffers=True) as txn:

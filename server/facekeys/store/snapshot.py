@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import struct
 import time
 import uuid
 from collections import Counter
@@ -47,7 +46,6 @@ from facekeys.errors import FacekeysError
 log = logging.getLogger("facekeys.store.snapshot")
 
 FORMAT = 1
-_U64 = struct.Struct(">Q")
 CONTENT_SAMPLE = 8  # keys whose vectors are compared with LMDB when a snapshot is adopted
 
 
@@ -226,19 +224,13 @@ def read(root: Path) -> IndexState:
 
 # -- LMDB side --------------------------------------------------------------------------------------
 def lmdb_inventory(table) -> tuple[dict[str, np.ndarray], Counter]:
-    """Per-encoder sorted key ids and per-identity key counts, from LMDB metadata alone (no latents).
-
-    Reads LmdbTable's meta database through its private handles (a `LmdbTable.iter_meta()` would be the
-    tidier home; the lead owns lmdb_table.py)."""
+    """Per-encoder sorted key ids and per-identity key counts, from LMDB metadata alone (no latents)."""
     ids: dict[str, list[int]] = {}
     identities: Counter[str] = Counter()
-    with table.env.begin(db=table._meta, buffers=True) as txn:
-        for kb, raw in txn.cursor():
-            key_id = _U64.unpack(bytes(kb))[0]
-            meta = table._decode_meta(key_id, bytes(raw))  # decrypts when the store is encrypted
-            ids.setdefault(meta.encoder_id, []).append(key_id)
-            identities[meta.identity_id] += 1
-    return {e: np.array(v, np.int64) for e, v in ids.items()}, identities  # cursor order = sorted ids
+    for meta in table.iter_meta():  # key-id order, decrypted when the store is encrypted
+        ids.setdefault(meta.encoder_id, []).append(meta.key_id)
+        identities[meta.identity_id] += 1
+    return {e: np.array(v, np.int64) for e, v in ids.items()}, identities  # key-id order = sorted ids
 
 
 def restore(table, config, root: Path, new_index: Callable[[], object], background: bool = True):
