@@ -166,7 +166,8 @@ def cmd_match(args) -> int:
     flt = Filter(tuple(args.camera or ()), tuple(args.identity or ()), args.t_from, args.t_to)
     with _client(args) as client:
         r, grants = client.match_with_grants(probes, args.encoder_id, args.layers, args.metric, args.top_k,
-                                             args.threshold, flt)
+                                             args.threshold, flt, ann_candidates=args.ann_candidates,
+                                             exact=args.exact)
     if args.grant_out:
         granted = [g for g in grants if g]
         if not granted:
@@ -238,11 +239,15 @@ def cmd_delete(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    from facekeys.layers import format_layers
+
     with _client(args) as client:
         s = client.stats()
     print(json.dumps({"keys": s.keys, "identities": s.identities, "keys_by_encoder": dict(s.keys_by_encoder),
                       "index_bytes": s.index_bytes, "lmdb_used_bytes": s.lmdb_used_bytes,
-                      "lmdb_map_bytes": s.lmdb_map_bytes, "index_mode": s.index_mode}))
+                      "lmdb_map_bytes": s.lmdb_map_bytes, "index_mode": s.index_mode,
+                      "ann_max_candidates": s.ann_max_candidates, "ann_layers": format_layers(s.ann_layers),
+                      "ann_candidates_by_encoder": dict(s.ann_candidates_by_encoder)}))
     return 0
 
 
@@ -371,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-from", type=float, default=0.0)
     p.add_argument("--t-to", type=float, default=0.0)
     p.add_argument("--grant-out", help="write the reveal grant of the first accepted probe to this file")
+    p.add_argument("--ann-candidates", type=int, default=0, metavar="N",
+                   help="ann stores: candidates per shard before the exact re-rank (default 0: the store's, sized "
+                        "from the number of keys; limit: `facekeys stats` ann_max_candidates)")
+    p.add_argument("--exact", action="store_true", help="ann stores: scan every key (slow at scale)")
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("recover", help="regenerate matched faces as PNG files (recovery service)")

@@ -155,8 +155,9 @@ class MatchQuery:
     threshold: Optional[float] = None  # None = the store's default for the metric
     filter: Filter = field(default_factory=Filter)
     # ann index mode only (exact mode ignores them): candidates taken from each group-index shard before the
-    # exact re-rank (0 = the store's default, sized from the number of keys; limit StoreConfig.ann_max_candidates),
-    # and `exact` = scan every admitted key instead (slow at scale; what ann recall is measured against)
+    # exact re-rank (0 = the store's default, sized from the number of keys; limit StoreConfig.ann_max_candidates,
+    # checked by the store in every mode), and `exact` = scan every admitted key instead (slow at scale; what ann
+    # recall is measured against)
     ann_candidates: int = 0
     exact: bool = False
 
@@ -179,6 +180,8 @@ class MatchQuery:
         top_k: int = 1,
         threshold: Optional[float] = None,
         filter: Optional[Filter] = None,
+        ann_candidates: int = 0,
+        exact: bool = False,
     ) -> "MatchQuery":
         return cls(
             probes=check_latents(probes, "probe", batch=True),
@@ -188,6 +191,8 @@ class MatchQuery:
             top_k=top_k,
             threshold=threshold,
             filter=filter or Filter(),
+            ann_candidates=ann_candidates,
+            exact=exact,
         )
 
 
@@ -228,6 +233,12 @@ class StoreStats:
     lmdb_map_bytes: int
     index_mode: str
     next_key_id: int
+    ann_max_candidates: int = 0  # the largest MatchQuery.ann_candidates the store accepts
+    ann_layers: tuple[int, ...] = ()  # the subset ann_candidates_by_encoder is sized for
+    # ann mode: candidates per shard an unfiltered match over ann_layers takes by default at the index's current
+    # size (what ann_candidates=0 means now); 0 = such a match scans every key exactly (exact mode, not trained
+    # yet, or too few keys to be worth approximating)
+    ann_candidates_by_encoder: Mapping[str, int] = field(default_factory=dict)
 
 
 def better(metric: str, a: float, b: float) -> bool:

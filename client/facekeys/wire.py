@@ -12,9 +12,10 @@ import numpy as np
 
 from facekeys.dims import DIM, N_LAYERS
 from facekeys.errors import InvalidArgument
-from facekeys.layers import format_layers
+from facekeys.layers import format_layers, parse_layers
 from facekeys.records import (
-    EnrolledKey, Filter, Hit, KeyRecord, MatchResult, NewKey, Obfuscation, ProbeResult, StoreStats, Where,
+    EnrolledKey, Filter, Hit, KeyRecord, MatchQuery, MatchResult, NewKey, Obfuscation, ProbeResult, StoreStats,
+    Where,
 )
 from facekeys.v1 import keystore_pb2 as pb
 
@@ -150,6 +151,33 @@ def probes_from_pb(t: pb.Tensor) -> np.ndarray:
     return a
 
 
+INT32_MAX = 2**31 - 1
+
+
+def match_query_to_pb(q: MatchQuery, dtype: str = "float32") -> pb.MatchRequest:
+    """A latent-probe MatchRequest. Values are checked by the server; only what the wire cannot carry fails here."""
+    n = q.ann_candidates
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not -INT32_MAX - 1 <= n <= INT32_MAX:
+        raise InvalidArgument(f"ann_candidates must be an integer in int32 range, got {n!r}")
+    return pb.MatchRequest(
+        encoder_id=q.encoder_id, latents=array_to_tensor(np.asarray(q.probes), dtype), layers=format_layers(q.layers),
+        metric=metric_to_pb(q.metric), top_k=q.top_k, threshold=q.threshold, filter=filter_to_pb(q.filter),
+        ann_candidates=int(n), exact=bool(q.exact),
+    )
+
+
+def match_query_from_pb(m: pb.MatchRequest, probes: np.ndarray, encoder_id: str,
+                        default_layers: tuple[int, ...]) -> MatchQuery:
+    """The query of a MatchRequest whose probes (Q, 18, 512) and encoder id the caller resolved (latents or an
+    encoded image); empty layers = `default_layers`, top_k 0 = 1, unset threshold = the store's default."""
+    return MatchQuery(
+        probes=probes, encoder_id=encoder_id, layers=parse_layers(m.layers) if m.layers else default_layers,
+        metric=metric_from_pb(m.metric), top_k=m.top_k or 1,
+        threshold=m.threshold if m.HasField("threshold") else None, filter=filter_from_pb(m.filter),
+        ann_candidates=m.ann_candidates, exact=m.exact,
+    )
+
+
 def hit_to_pb(h: Hit) -> pb.Hit:
     return pb.Hit(key_id=h.key_id, identity_id=h.identity_id, score=h.score, camera_id=h.camera_id,
                   video_id=h.video_id, track_id=h.track_id, t_start=h.t_start, t_end=h.t_end)
@@ -170,8 +198,6 @@ def match_to_pb(r: MatchResult, grants: Optional[list[bytes]] = None) -> pb.Matc
 
 
 def match_from_pb(m: pb.MatchResponse) -> tuple[MatchResult, list[bytes]]:
-    from facekeys.layers import parse_layers
-
     result = MatchResult(
         results=tuple(ProbeResult(p.accepted, tuple(hit_from_pb(h) for h in p.hits)) for p in m.results),
         layers=parse_layers(m.layers) if m.layers else (), metric=metric_from_pb(m.metric),
@@ -183,9 +209,11 @@ def match_from_pb(m: pb.MatchResponse) -> tuple[MatchResult, list[bytes]]:
 def stats_to_pb(s: StoreStats) -> pb.StatsResponse:
     return pb.StatsResponse(
         keys=s.keys, identities=s.identities,
-        encoders=[pb.EncoderStats(encoder_id=e, keys=n) for e, n in sorted(s.keys_by_encoder.items())],
+        encoders=[pb.EncoderStats(encoder_id=e, keys=n, ann_candidates=s.ann_candidates_by_encoder.get(e, 0))
+                  for e, n in sorted(s.keys_by_encoder.items())],
         index_bytes=s.index_bytes, lmdb_used_bytes=s.lmdb_used_bytes, lmdb_map_bytes=s.lmdb_map_bytes,
-        index_mode=s.index_mode, next_key_id=s.next_key_id,
+        index_mode=s.index_mode, next_key_id=s.next_key_id, ann_max_candidates=s.ann_max_candidates,
+        ann_layers=format_layers(s.ann_layers) if s.ann_layers else "",
     )
 
 
@@ -193,5 +221,7 @@ def stats_from_pb(m: pb.StatsResponse) -> StoreStats:
     return StoreStats(
         keys=m.keys, identities=m.identities, keys_by_encoder={e.encoder_id: e.keys for e in m.encoders},
         index_bytes=m.index_bytes, lmdb_used_bytes=m.lmdb_used_bytes, lmdb_map_bytes=m.lmdb_map_bytes,
-        index_mode=m.index_mode, next_key_id=m.next_key_id,
+        index_mode=m.index_mode, next_key_id=m.next_key_id, ann_max_candidates=m.ann_max_candidates,
+        ann_layers=parse_layers(m.ann_layers) if m.ann_layers else (),
+        ann_candidates_by_encoder={e.encoder_id: e.ann_candidates for e in m.encoders},
     )

@@ -127,6 +127,8 @@ BAD_MATCHES = {
     "zero probe": (dict(latents=wire.array_to_tensor(np.zeros((18, 512), np.float32))), "INVALID_ARGUMENT"),
     "too many probes": (dict(latents=wire.array_to_tensor(np.ones((17, 18, 512), np.float16), "float16")),
                         "INVALID_ARGUMENT"),
+    "ann_candidates negative": (dict(ann_candidates=-1), "INVALID_ARGUMENT"),  # checked in exact mode too
+    "ann_candidates huge": (dict(ann_candidates=16_385), "INVALID_ARGUMENT"),
 }
 
 

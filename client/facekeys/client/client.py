@@ -12,8 +12,8 @@ import numpy as np
 
 from facekeys import wire
 from facekeys.errors import BY_CODE, FacekeysError, InvalidArgument
-from facekeys.layers import LayerSpec, format_layers, parse_layers
-from facekeys.records import EnrolledKey, Filter, KeyRecord, MatchResult, NewKey, StoreStats
+from facekeys.layers import LayerSpec, parse_layers
+from facekeys.records import EnrolledKey, Filter, KeyRecord, MatchQuery, MatchResult, NewKey, StoreStats
 from facekeys.v1 import keystore_pb2 as pb
 from facekeys.v1 import keystore_pb2_grpc as pb_grpc
 
@@ -162,18 +162,22 @@ class Client(ChannelClient):
 
     @_translated
     def match(self, probes: np.ndarray, encoder_id: str, layers: LayerSpec = "high:4", metric: str = "cosine",
-              top_k: int = 1, threshold: Optional[float] = None, filter: Optional[Filter] = None) -> MatchResult:
-        """Match probes (18, 512) or (Q, 18, 512) against the pool."""
-        return self.match_with_grants(probes, encoder_id, layers, metric, top_k, threshold, filter)[0]
+              top_k: int = 1, threshold: Optional[float] = None, filter: Optional[Filter] = None, *,
+              ann_candidates: int = 0, exact: bool = False) -> MatchResult:
+        """Match probes (18, 512) or (Q, 18, 512) against the pool. On an ann store, `ann_candidates` sets the
+        candidates per shard (0 = the store's default; limit: `stats().ann_max_candidates`) and `exact=True`
+        scans every key; an exact store ignores both."""
+        return self.match_with_grants(probes, encoder_id, layers, metric, top_k, threshold, filter,
+                                      ann_candidates=ann_candidates, exact=exact)[0]
 
     @_translated
     def match_with_grants(self, probes, encoder_id, layers="high:4", metric="cosine", top_k=1, threshold=None,
-                          filter=None) -> tuple[MatchResult, list[bytes]]:
-        request = pb.MatchRequest(
-            encoder_id=encoder_id, latents=wire.array_to_tensor(np.asarray(probes), self.wire_dtype),
-            layers=format_layers(parse_layers(layers)), metric=wire.metric_to_pb(metric), top_k=top_k,
-            threshold=threshold, filter=wire.filter_to_pb(filter or Filter()),
-        )
+                          filter=None, *, ann_candidates: int = 0,
+                          exact: bool = False) -> tuple[MatchResult, list[bytes]]:
+        query = MatchQuery(  # checked by the server: no client-side copy of its rules
+            probes=np.asarray(probes), encoder_id=encoder_id, layers=parse_layers(layers), metric=metric,
+            top_k=top_k, threshold=threshold, filter=filter or Filter(), ann_candidates=ann_candidates, exact=exact)
+        request = wire.match_query_to_pb(query, self.wire_dtype)
         return wire.match_from_pb(self._stub.Match(request, timeout=self.timeout))
 
     @_translated

@@ -11,7 +11,7 @@ import numpy as np
 from facekeys import wire
 from facekeys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from facekeys.layers import format_layers, parse_layers
-from facekeys.records import MatchQuery, MatchResult, better
+from facekeys.records import MatchResult, better
 from facekeys.security.audit import AuditLog
 from facekeys.security.auth import current_principal
 from facekeys.security.grants import GrantSigner
@@ -109,13 +109,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
             probes = wire.probes_from_pb(request.latents)
         else:
             raise InvalidArgument("match: no probe given (latents or image)")
-        query = MatchQuery(
-            probes=probes, encoder_id=encoder_id,
-            layers=parse_layers(request.layers) if request.layers else self._default_layers,
-            metric=wire.metric_from_pb(request.metric), top_k=request.top_k or 1,
-            threshold=request.threshold if request.HasField("threshold") else None,
-            filter=wire.filter_from_pb(request.filter),
-        )
+        query = wire.match_query_from_pb(request, probes, encoder_id, self._default_layers)
         if not query.encoder_id:
             raise InvalidArgument("encoder_id is required")
         result = self._store.match(query)
@@ -123,6 +117,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
         self._audit("Match", {
             "encoder_id": query.encoder_id, "layers": format_layers(query.layers), "metric": query.metric,
             "top_k": query.top_k, "threshold": result.threshold, "probes": len(probes), "probe": which,
+            "ann_candidates": query.ann_candidates, "exact": query.exact,
             "filter": {"camera_ids": list(query.filter.camera_ids), "identity_ids": list(query.filter.identity_ids),
                        "t_from": query.filter.t_from, "t_to": query.filter.t_to},
         }, ",".join(decisions), [h.key_id for p in result.results for h in p.hits])
@@ -153,4 +148,4 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
             identities=[pb.IdentitySummary(identity_id=i, key_count=n) for i, n in page], next_after=next_after)
 
     def Stats(self, request, context):
-        return wire.stats_to_pb(self._store.stats())
+        return wire.stats_to_pb(self._store.stats(self._default_layers))

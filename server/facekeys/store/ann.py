@@ -410,6 +410,20 @@ class AnnLayerIndex:
             mask &= self._t0[:n] <= flt.t_to
         return mask
 
+    def _base_candidates(self, covered: int, n_layers: int, kk: int) -> int:
+        """Default candidates per shard: config.ann_candidates when set, else sized from the covered rows."""
+        return max(kk, self.config.ann_candidates) if self.config.ann_candidates else \
+            default_candidates(covered, n_layers, kk, self.config)
+
+    def default_candidates(self, layers: Sequence[int], k: int = 1) -> int:
+        """What candidates=0 means now for an unfiltered search over `layers` (top k); 0 when that search is
+        an exact scan (float16 exact mode, not trained yet, or fewer keys than ann_exact_bytes is worth)."""
+        with self._lock.read():
+            if (not self.ann or not self._segments
+                    or self._count * len(layers) * DIM * 2 <= self.config.ann_exact_bytes):
+                return 0
+            return self._base_candidates(self._covered, len(layers), k + self.config.rerank_extra)
+
     def check_params(self, candidates: int = 0) -> None:
         hi = self.config.ann_max_candidates
         if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or not 0 <= candidates <= hi:
@@ -541,7 +555,7 @@ class AnnLayerIndex:
         inner product of the centred vectors over the subset (PQ fast-scan of the group indexes covering
         the subset; a group's layers outside the subset get a zero probe, so they add nothing)."""
         cfg = self.config
-        c = candidates or default_candidates(covered, len(lay), kk, cfg)
+        c = candidates or self._base_candidates(covered, len(lay), kk)
         frac = searched / max(1, len(mask))
         if frac < 1.0:  # filtered (or deletions): fetch more, drop the excluded afterwards
             c = int(min(cfg.ann_max_candidates, math.ceil(c / max(frac, 1e-3))))

@@ -26,7 +26,7 @@ from facekeys.records import (
     METRICS, EnrolledKey, Hit, KeyRecord, MatchQuery, MatchResult, NewKey, ProbeResult, StoreStats,
     better, check_id, check_latents,
 )
-from .ann import AnnFactory
+from .ann import AnnFactory, AnnLayerIndex
 from .vectors import FlatLayerIndex, KeyAttrs, VectorIndex
 
 log = logging.getLogger("facekeys.store")
@@ -179,6 +179,12 @@ class KeyStore:
             raise InvalidArgument(f"top_k must be in 1..{cfg.max_top_k}, got {query.top_k}")
         if not query.layers:
             raise InvalidArgument("layer subset is empty")
+        n = query.ann_candidates  # checked in every mode, so a request valid here is valid on an ann store too
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= cfg.ann_max_candidates:
+            raise InvalidArgument(
+                f"ann_candidates must be in 0..{cfg.ann_max_candidates} (0 = the store's default), got {n!r}")
+        if not isinstance(query.exact, (bool, np.bool_)):
+            raise InvalidArgument(f"exact must be true or false, got {query.exact!r}")
         probes = check_latents(query.probes, "probe", batch=True)  # (Q, 18, 512)
         if len(probes) > cfg.max_probes:
             raise InvalidArgument(f"{len(probes)} probes in one match, the limit is {cfg.max_probes}")
@@ -194,7 +200,9 @@ class KeyStore:
         if index is None:
             known = ", ".join(sorted(self._indexes)) or "none"
             raise NotFound(f"no keys were ever enrolled with encoder_id {query.encoder_id!r} (known: {known})")
-        found = index.search(probes, query.layers, query.metric, query.top_k, flt)
+        # ann options go to ann indexes only: exact indexes (float32, float16) always scan every admitted key
+        opts = query.index_options() if _is_ann(index) else {}
+        found = index.search(probes, query.layers, query.metric, query.top_k, flt, **opts)
         metas = self._table.get_meta(sorted({int(i) for i in found.ids.ravel() if i >= 0}))
         results = []
         for ids, scores in zip(found.ids, found.scores):
@@ -291,7 +299,11 @@ class KeyStore:
         page = [(n, self._identity_keys.get(n, 0)) for n in names[:limit]]
         return page, (page[-1][0] if len(names) > limit else "")
 
-    def stats(self) -> StoreStats:
+    def stats(self, layers: tuple[int, ...] = tuple(range(4))) -> StoreStats:
+        """Counts and sizes; in ann mode also each index's default candidates for an unfiltered match over
+        `layers` (0-based W+ indices like MatchQuery.layers; the server passes its default subset) at its
+        current size."""
+        layers = tuple(layers)
         used, mapped = self._table.sizes()
         indexes = dict(self._indexes)
         return StoreStats(
@@ -300,7 +312,10 @@ class KeyStore:
             keys_by_encoder={e: len(ix) for e, ix in indexes.items()},
             index_bytes=sum(ix.nbytes for ix in indexes.values()),
             lmdb_used_bytes=used, lmdb_map_bytes=mapped, index_mode=self.config.index_mode,
-            next_key_id=self._table.next_key_id(),
+            next_key_id=self._table.next_key_id(), ann_max_candidates=self.config.ann_max_candidates,
+            ann_layers=layers,
+            ann_candidates_by_encoder={e: ix.default_candidates(layers) if _is_ann(ix) else 0
+                                       for e, ix in indexes.items()},
         )
 
 
@@ -310,6 +325,10 @@ _ROTATION_UPTO = b"rotation_upto"
 
 def _fingerprint(transform: Optional[LatentTransform]) -> str:
     return transform.fingerprint if transform is not None else "none"
+
+
+def _is_ann(index: VectorIndex) -> bool:
+    return isinstance(index, AnnLayerIndex) and index.ann
 
 
 def _hit(m: StoredMeta, score: float) -> Hit:
