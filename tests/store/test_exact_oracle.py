@@ -137,3 +137,52 @@ def test_filters_equal_oracle_on_subset(store_factory, metric):
             continue
         scores = dict(zip(ids[mask].tolist(), oracle(gallery[mask], probe, range(4), metric)))
         assert_topk_matches_oracle(r.results[0].hits, scores, 5, metric)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_one_probe_path_after_deletes_equals_oracle(store_factory, monkeypatch, metric):
+    """A single probe takes the SIMD-dot scan (not BLAS): chunked, after deletions compacted the rows, and
+    with an all-zero key (cosine scores it 0, never NaN)."""
+    from facekeys.store import vectors
+
+    monkeypatch.setattr(vectors, "SCAN_CHUNK", 96)
+    store = store_factory()
+    gallery = random_keys(700, seed=11)
+    gallery[5] = 0.0
+    ids = np.array(enrol(store, gallery))
+    gone = ids[::7]
+    for key_id in gone:
+        store.delete_key(int(key_id))
+    keep = ~np.isin(ids, gone)
+    probe = gallery[300] + 0.3 * random_keys(1, seed=12)[0]
+    for layers in ("high:1", "high:5", "low:2", "1,9,18", "all"):
+        sel = parse_layers(layers)
+        r = store.match(MatchQuery.build(probe, "enc", layers, metric, top_k=15))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            want = np.nan_to_num(oracle(gallery[keep], probe, sel, metric))
+        assert_topk_matches_oracle(r.results[0].hits, dict(zip(ids[keep].tolist(), want)), 15, metric)
+        assert r.searched == keep.sum()
+
+
+def test_smallest_k_equals_sort_with_inf_nan_and_short_rows():
+    from facekeys.store.vectors import smallest_k
+
+    rng = np.random.default_rng(13)
+    cost = rng.standard_normal((5, 300)).astype(np.float32)
+    cost[1, ::3] = np.inf  # masked-out rows
+    cost[2, 10:20] = np.nan
+    cost[3, :] = np.inf
+    cost[3, [4, 9]] = [0.5, -0.5]  # only two selectable entries
+    cost[4, 50:60] = cost[4, 7]  # ties
+    pos, vals = smallest_k(cost, 12)
+    for i in range(5):
+        ok = np.isfinite(cost[i])
+        want = np.sort(cost[i][ok])[:12]
+        got = pos[i][pos[i] >= 0]
+        assert len(got) == len(want)
+        np.testing.assert_array_equal(vals[i][: len(got)], want)
+        np.testing.assert_array_equal(cost[i][got], want)
+        assert len(set(got.tolist())) == len(got)
+    assert (pos[3][2:] == -1).all()
+    pos, vals = smallest_k(cost[:, :4], 12)  # k beyond the row length
+    assert pos.shape == (5, 4)
