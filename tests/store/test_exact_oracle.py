@@ -186,3 +186,5 @@ def test_smallest_k_equals_sort_with_inf_nan_and_short_rows():
     assert (pos[3][2:] == -1).all()
     pos, vals = smallest_k(cost[:, :4], 12)  # k beyond the row length
     assert pos.shape == (5, 4)
+    shifted, _ = smallest_k(cost, 12, first=1000)  # positions numbered from `first`; padding stays -1
+    np.testing.assert_array_equal(shifted, np.where(smallest_k(cost, 12)[0] >= 0, smallest_k(cost, 12)[0] + 1000, -1))
