@@ -58,10 +58,10 @@ def _case(kind: str, batch: int, device: str, warmup: int, repeats: int, threads
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "build_s": round(build_s, 2),
-        "warmup_s": [round(t, 2) for t in first],
-        "times_s": [round(t, 2) for t in times],
-        "median_s": round(statistics.median(times), 2),
-        "per_image_s": round(statistics.median(times) / batch, 2),
+        "warmup_s": [round(t, 4) for t in first],
+        "times_s": [round(t, 4) for t in times],
+        "median_s": round(statistics.median(times), 4),
+        "per_image_s": round(statistics.median(times) / batch, 4),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),  # KiB on Linux
     }
     if dev.type == "cuda":
@@ -115,11 +115,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             print(json.dumps(r), flush=True)
     if not args.json:
-        print("| network | batch | device | threads | warm-up (s) | repeats (s) | median (s) | per image (s) | peak RSS (GB) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| network | batch | device | threads | warm-up (s) | repeats (s) | median (s) | per image (s) "
+              "| peak RSS (GB) | peak CUDA (GB) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['case']} | {r['batch']} | {r['device']} | {r['threads']} | {r['warmup_s']} | {r['times_s']} "
-                  f"| {r['median_s']} | {r['per_image_s']} | {r['peak_rss_gb']} |")
+            print(f"| {r['case']} | {r['batch']} | {r.get('gpu', r['device'])} | {r['threads']} | {r['warmup_s']} "
+                  f"| {r['times_s']} | {r['median_s']} | {r['per_image_s']} | {r['peak_rss_gb']} "
+                  f"| {r.get('peak_cuda_gb', '-')} |")
 
 
 if __name__ == "__main__":
