@@ -1,6 +1,11 @@
 """Key store engine benchmarks (issue 2): exact Match latency vs a plain numpy scan and the memory-
 bandwidth bound, and durable Enroll throughput over gRPC streaming.
 
+Columns: "engine" = KeyStore.match (validation, scan, float64 re-rank, LMDB metadata of the hits); "scan" = the
+VectorIndex search alone (scan + re-rank, no LMDB); "bound" = bytes scanned / the best read bandwidth measured
+at the start of the run; "now" = the same against a two-thread read re-measured just before the case (the host
+is shared: its bandwidth moves by +-20 % between minutes).
+
     python benchmarks/bench_keystore.py --sizes 10000 100000 --out benchmarks/results/keystore.md
 
 Synthetic random latents (the engine's speed does not depend on what the latents mean).
@@ -21,7 +26,7 @@ import numpy as np
 
 from facekeys.dims import DIM, N_LAYERS
 from facekeys.layers import parse_layers
-from facekeys.records import MatchQuery, NewKey
+from facekeys.records import Filter, MatchQuery, NewKey
 from facekeys.store import KeyStore, StoreConfig
 
 SUBSETS = ("high:1", "high:4", "high:9", "all")
@@ -33,8 +38,9 @@ def blas_threads(n: int):
     return ThreadpoolController().limit(limits=n, user_api="blas")
 
 
-def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Best read bandwidth (bytes/s) over: one-thread sum, two-thread sums, a BLAS GEMV."""
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5, methods: str = "all") -> float:
+    """Best read bandwidth (bytes/s) over: one-thread sum, two-thread sums, a BLAS GEMV (methods="all"), or
+    the two-thread sum alone (methods="sum2", the quick re-measurement taken beside each case)."""
     a = np.ones(int(gib * (1 << 30)) // 4, np.float32)
     half = len(a) // 2
     m = a.reshape(-1, 1024)
@@ -48,8 +54,9 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
         for t in ts:
             t.join()
 
+    fns = (lambda: np.add.reduce(a), two_threads, lambda: m @ v) if methods == "all" else (two_threads,)
     best = 0.0
-    for fn in (lambda: np.add.reduce(a), two_threads, lambda: m @ v):
+    for fn in fns:
         fn()
         for _ in range(repeats):
             t = time.perf_counter()
@@ -101,9 +108,11 @@ def build_store(path: Path, n: int, seed: int = 0):
 
 def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
     lines += ["", "| N | layers | metric | batch | engine p50 ms | engine p99 ms | numpy p50 ms | engine/numpy "
-              "| bytes scanned | bound ms | p50/bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| bytes scanned | bound ms | p50/bound | scan p50 ms | scan/bound | bandwidth now GB/s | scan/bound now |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in sizes:
         store, x = build_store(Path(workdir) / f"n{n}", n)
+        index = store._indexes["bench"]  # the VectorIndex itself: the scan + exact re-rank, no LMDB metadata
         rng = np.random.default_rng(1)
         probes = x[rng.integers(0, n, 64)] + 0.1 * rng.standard_normal((64, N_LAYERS, DIM), dtype=np.float32)
         for subset in SUBSETS:
@@ -111,18 +120,21 @@ def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
             for metric in ("cosine", "l2"):
                 for batch in (1, 64):
                     q = probes[:batch]
+                    reps = repeats if batch == 1 else max(3, repeats // 4)
                     query = MatchQuery(probes=q, encoder_id="bench", layers=layers, metric=metric, top_k=10)
-                    eng = timed(lambda: store.match(query), warmup, repeats if batch == 1 else max(3, repeats // 4))
+                    now = memory_bandwidth(0.5, 3, "sum2") if batch == 1 else 0.0
+                    eng = timed(lambda: store.match(query), warmup, reps)
+                    scan = timed(lambda: index.search(q, layers, metric, 10, Filter()), warmup, reps)
                     with blas_threads(os.cpu_count()):  # the baseline gets numpy's usual threaded BLAS
-                        base = timed(lambda: numpy_scan(x, q, layers, metric, 10), warmup,
-                                     repeats if batch == 1 else max(3, repeats // 4))
+                        base = timed(lambda: numpy_scan(x, q, layers, metric, 10), warmup, reps)
                     scanned = n * len(layers) * DIM * 4
                     bound = scanned / bandwidth
-                    p50, p99 = np.median(eng), np.percentile(eng, 99)
+                    p50, p99, s50 = np.median(eng), np.percentile(eng, 99), np.median(scan)
+                    now_cols = f"{now / 1e9:.1f} | {s50 / (scanned / now):.2f}" if now else "- | -"
                     lines.append(
                         f"| {n:,} | {subset} | {metric} | {batch} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | "
                         f"{np.median(base) * 1e3:.2f} | {p50 / np.median(base):.2f} | {scanned / 1e6:.0f} MB | "
-                        f"{bound * 1e3:.2f} | {p50 / bound:.2f} |")
+                        f"{bound * 1e3:.2f} | {p50 / bound:.2f} | {s50 * 1e3:.2f} | {s50 / bound:.2f} | {now_cols} |")
                     print(lines[-1], flush=True)
         store.close()
         del x
