@@ -1,14 +1,21 @@
-"""Build hook: generate the protobuf/gRPC modules from proto/ (never hand-edited, never committed).
+"""Build hook: generate the protobuf/gRPC modules from proto/ (never hand-edited, never committed), and
+build the optional C kernel `facekeys.store._f16dot`.
 
-`pyproject.toml` holds all metadata; this file only runs grpcio-tools' protoc over
+`pyproject.toml` holds all metadata; this file runs grpcio-tools' protoc over
 `proto/facekeys/v1/*.proto` into `client/facekeys/v1/`. It runs whenever setuptools loads this file
 (metadata, wheel, sdist, editable install), since setuptools checks that every mapped package folder
 exists before any build command runs. An sdist ships the generated files and no proto/ step reruns.
+
+`_f16dot` (server/facekeys/store/_f16dot.c: exact float16 dot products at memory bandwidth for the float16
+scans) is optional: without a C compiler or Python headers the install still succeeds, with a warning, and
+facekeys.store.ann falls back to its numpy + FAISS kernel (`facekeys.store.ann.F16_KERNEL` says which).
 """
 
+import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = ROOT / "proto"
@@ -38,6 +45,30 @@ def generate_protos() -> None:
     init.write_text('"""Generated from proto/facekeys/v1 by setup.py; do not edit."""\n')
 
 
+class OptionalBuildExt(build_ext):
+    """A failed C build warns and installs the pure-Python package (the extension is `optional`, and anything
+    that escapes that, e.g. no usable compiler at all, is caught here too)."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as e:  # noqa: BLE001 - the kernel is an accelerator, never a requirement
+            self.warn(f"facekeys: optional C kernel not built ({e}); the numpy float16 scan is used")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # noqa: BLE001
+            self.warn(f"facekeys: optional extension {ext.name} not built ({e}); the numpy float16 scan is used")
+
+
+F16DOT = Extension(
+    "facekeys.store._f16dot",
+    sources=["server/facekeys/store/_f16dot.c"],
+    extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c11"],
+    optional=True,
+)
+
 if PROTO_ROOT.is_dir():
     generate_protos()
-setup()
+setup(ext_modules=[F16DOT], cmdclass={"build_ext": OptionalBuildExt})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -28,6 +31,39 @@ def test_wheel_has_only_the_facekeys_namespace(wheel):
     for module in ("facekeys/v1/keystore_pb2.py", "facekeys/v1/keystore_pb2_grpc.py", "facekeys/client/client.py",
                    "facekeys/store/keystore.py", "facekeys/server/app.py"):
         assert module in names
+
+
+def _c_toolchain() -> bool:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) is not None and Path(sysconfig.get_paths()["include"], "Python.h").exists()
+
+
+def _f16dot_binaries(names):
+    return [n for n in names if n.startswith("facekeys/store/_f16dot") and n.endswith((".so", ".pyd"))]
+
+
+@pytest.mark.skipif(not _c_toolchain(), reason="no C compiler / Python headers: the optional kernel is skipped")
+def test_wheel_has_the_c_kernel_where_a_compiler_exists(wheel):
+    assert len(_f16dot_binaries(zipfile.ZipFile(wheel).namelist())) == 1
+
+
+def test_wheel_builds_without_a_c_compiler(tmp_path):
+    """The C kernel is optional: a failing compiler warns and the package installs without it."""
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.egg-info")  # no build/ either: a clean tree
+    for item in ("proto", "client", "server", "indexer", "benchmarks/facekeys"):
+        shutil.copytree(ROOT / item, src / item, ignore=skip)
+    for item in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / item, src / item)
+    out = tmp_path / "wheel"
+    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), LDSHARED=str(tmp_path / "no-such-cc") + " -shared")
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(out),
+                        str(src)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    [whl] = out.glob("facekeys-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    assert not _f16dot_binaries(names) and "facekeys/store/ann.py" in names
+    assert "optional" in (p.stdout + p.stderr) and "not built" in (p.stdout + p.stderr)
 
 
 def test_client_requires_only_grpc_protobuf_numpy(wheel):

@@ -1,0 +1,400 @@
+/* facekeys.store._f16dot: exact float16 x float32 dot products over several W+ layers at memory bandwidth.
+ *
+ * dot(out, q, layers, start, stop)   rows start..stop-1 of every layer
+ * dot(out, q, layers, rows)          the rows listed in `rows` (int64, any order)
+ *
+ *   q       float32, C-contiguous (nq, L, dim) or (L, dim) (nq = 1): one probe per layer
+ *   layers  sequence of L float16 (format 'e') C-contiguous 2-D buffers (cap, dim): numpy arrays or memory maps
+ *   out     float32, C-contiguous, nq * m values ((nq, m) or (m,)), overwritten:
+ *           out[p, i] = sum_l sum_d q[p, l, d] * float(layers[l][row_i, d])   (float32 accumulation)
+ *
+ * Every float16 is converted exactly (F16C / AVX-512 vcvtph2ps, or bit arithmetic on the scalar path,
+ * subnormals, infinities and NaN included). Rows are processed in blocks: for one block, each layer's rows are
+ * read once, sequentially, and the block's outputs stay in L1, so memory is streamed once per call. The GIL is
+ * released during the scan. Kernels: "avx512" (AVX-512F), "avx2" (AVX2 + FMA + F16C), "scalar" (portable C),
+ * chosen at import from CPUID (and the OS's register-state support); nothing is compiled at import.
+ *
+ * kernels() -> tuple of the kernels this CPU can run, best first; KERNEL: the one dot() uses by default.
+ * dot(..., kernel="scalar") forces one of them (tests compare them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define FK_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#define BLOCK_ONE 256 /* rows per block, one probe: 256 KiB of one layer read sequentially (measured best of 32..4096) */
+#define BLOCK_MANY 256 /* rows per block, several probes: a layer's block is re-read from L2 per group of 4 probes */
+#define PREFETCH_AHEAD 4 /* gathered rows: software prefetch this many rows ahead */
+
+typedef struct {
+    float *out;            /* (nq, m) */
+    const float *q;        /* (nq, L, dim) */
+    const uint16_t **x;    /* L pointers to (cap, dim) */
+    int nq, L, dim;
+    int64_t start;         /* first row when idx is NULL */
+    const int64_t *idx;    /* m row numbers, or NULL */
+    int64_t m;
+    int64_t block;         /* rows per block */
+} job_t;
+
+static inline const uint16_t *row_ptr(const job_t *j, int l, int64_t i) {
+    int64_t r = j->idx ? j->idx[i] : j->start + i;
+    return j->x[l] + r * (int64_t)j->dim;
+}
+
+/* -- portable scalar kernel ------------------------------------------------------------------------------ */
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    float f;
+    if (e == 0) {
+        f = (float)man * 5.9604644775390625e-8f; /* man * 2**-24: exact (subnormals and zero) */
+        return sign ? -f : f;
+    }
+    if (e == 31)
+        bits = sign | 0x7f800000u | (man << 13);
+    else
+        bits = sign | ((e + 112u) << 23) | (man << 13);
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void kernel_scalar(const job_t *j) {
+    const int dim = j->dim, L = j->L, nq = j->nq;
+    float buf[1024];
+    for (int64_t b = 0; b < j->m; b += j->block) {
+        int64_t e = b + j->block < j->m ? b + j->block : j->m;
+        for (int p = 0; p < nq; p++)
+            for (int64_t i = b; i < e; i++) j->out[p * j->m + i] = 0.0f;
+        for (int l = 0; l < L; l++) {
+            for (int64_t i = b; i < e; i++) {
+                const uint16_t *xr = row_ptr(j, l, i);
+                for (int d0 = 0; d0 < dim; d0 += 1024) {
+                    int n = dim - d0 < 1024 ? dim - d0 : 1024;
+                    for (int d = 0; d < n; d++) buf[d] = half_to_float(xr[d0 + d]);
+                    for (int p = 0; p < nq; p++) {
+                        const float *qp = j->q + ((int64_t)p * L + l) * dim + d0;
+                        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+                        int d = 0;
+                        for (; d + 4 <= n; d += 4) {
+                            s0 += qp[d] * buf[d];
+                            s1 += qp[d + 1] * buf[d + 1];
+                            s2 += qp[d + 2] * buf[d + 2];
+                            s3 += qp[d + 3] * buf[d + 3];
+                        }
+                        for (; d < n; d++) s0 += qp[d] * buf[d];
+                        j->out[p * j->m + i] += (s0 + s1) + (s2 + s3);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#ifdef FK_X86
+/* -- SIMD kernels -----------------------------------------------------------------------------------------
+ * Per row block and layer: one probe streams the block's rows with four accumulator chains; several probes
+ * go in groups of four (each converted vector feeds four FMAs), the group's probe rows (8 KiB per layer)
+ * staying in L1 while the block's rows (64 KiB) are re-read from L2 by the next group. Outputs of the block
+ * stay in L1. Gathered rows are software-prefetched a few rows ahead (the first group only). */
+#define SIMD_KERNEL(NAME, TARGET, VEC, W, ZERO, FMA, LOADQ, CVT, ADD, HSUM)                                       \
+    static TARGET void NAME(const job_t *j) {                                                                     \
+        const int dim = j->dim, L = j->L, nq = j->nq;                                                             \
+        const int64_t m = j->m, qstride = (int64_t)L * dim;                                                       \
+        for (int64_t b = 0; b < m; b += j->block) {                                                               \
+            const int64_t e = b + j->block < m ? b + j->block : m;                                                \
+            for (int p = 0; p < nq; p++) memset(j->out + p * m + b, 0, (size_t)(e - b) * sizeof(float));         \
+            for (int l = 0; l < L; l++) {                                                                         \
+                const float *ql = j->q + (int64_t)l * dim;                                                        \
+                int p = 0;                                                                                        \
+                if (nq == 1) {                                                                                    \
+                    for (int64_t i = b; i < e; i++) {                                                             \
+                        const uint16_t *xr = row_ptr(j, l, i);                                                    \
+                        if (j->idx && i + PREFETCH_AHEAD < e) prefetch_row(j, l, i + PREFETCH_AHEAD);             \
+                        VEC a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0;                                               \
+                        int d = 0;                                                                                \
+                        for (; d + 4 * W <= dim; d += 4 * W) {                                                    \
+                            a0 = FMA(CVT(xr + d), LOADQ(ql + d), a0);                                             \
+                            a1 = FMA(CVT(xr + d + W), LOADQ(ql + d + W), a1);                                     \
+                            a2 = FMA(CVT(xr + d + 2 * W), LOADQ(ql + d + 2 * W), a2);                             \
+                            a3 = FMA(CVT(xr + d + 3 * W), LOADQ(ql + d + 3 * W), a3);                             \
+                        }                                                                                         \
+                        for (; d < dim; d += W) a0 = FMA(CVT(xr + d), LOADQ(ql + d), a0);                         \
+                        j->out[i] += HSUM(ADD(ADD(a0, a1), ADD(a2, a3)));                                         \
+                    }                                                                                             \
+                    continue;                                                                                     \
+                }                                                                                                 \
+                for (; p + 4 <= nq; p += 4) {                                                                     \
+                    const float *q0 = ql + p * qstride, *q1 = q0 + qstride, *q2 = q1 + qstride, *q3 = q2 + qstride; \
+                    float *o0 = j->out + p * m, *o1 = o0 + m, *o2 = o1 + m, *o3 = o2 + m;                         \
+                    for (int64_t i = b; i < e; i++) {                                                             \
+                        const uint16_t *xr = row_ptr(j, l, i);                                                    \
+                        if (p == 0 && j->idx && i + PREFETCH_AHEAD < e) prefetch_row(j, l, i + PREFETCH_AHEAD);   \
+                        VEC a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0;                                               \
+                        for (int d = 0; d < dim; d += W) {                                                        \
+                            VEC xv = CVT(xr + d);                                                                 \
+                            a0 = FMA(xv, LOADQ(q0 + d), a0);                                                      \
+                            a1 = FMA(xv, LOADQ(q1 + d), a1);                                                      \
+                            a2 = FMA(xv, LOADQ(q2 + d), a2);                                                      \
+                            a3 = FMA(xv, LOADQ(q3 + d), a3);                                                      \
+                        }                                                                                         \
+                        o0[i] += HSUM(a0);                                                                        \
+                        o1[i] += HSUM(a1);                                                                        \
+                        o2[i] += HSUM(a2);                                                                        \
+                        o3[i] += HSUM(a3);                                                                        \
+                    }                                                                                             \
+                }                                                                                                 \
+                for (; p < nq; p++) {                                                                             \
+                    const float *q0 = ql + p * qstride;                                                           \
+                    float *o0 = j->out + p * m;                                                                   \
+                    for (int64_t i = b; i < e; i++) {                                                             \
+                        const uint16_t *xr = row_ptr(j, l, i);                                                    \
+                        if (p == 0 && j->idx && i + PREFETCH_AHEAD < e) prefetch_row(j, l, i + PREFETCH_AHEAD);   \
+                        VEC a0 = ZERO(), a1 = a0;                                                                 \
+                        int d = 0;                                                                                \
+                        for (; d + 2 * W <= dim; d += 2 * W) {                                                    \
+                            a0 = FMA(CVT(xr + d), LOADQ(q0 + d), a0);                                             \
+                            a1 = FMA(CVT(xr + d + W), LOADQ(q0 + d + W), a1);                                     \
+                        }                                                                                         \
+                        for (; d < dim; d += W) a0 = FMA(CVT(xr + d), LOADQ(q0 + d), a0);                         \
+                        o0[i] += HSUM(ADD(a0, a1));                                                               \
+                    }                                                                                             \
+                }                                                                                                 \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+
+static inline void prefetch_row(const job_t *j, int l, int64_t i) {
+    const char *p = (const char *)row_ptr(j, l, i);
+    for (int o = 0; o < j->dim * 2; o += 64) __builtin_prefetch(p + o, 0, 3);
+}
+
+/* AVX2 + FMA + F16C: 8 floats per vector (dim % 8 == 0) */
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+static inline T_AVX2 float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#define CVT8(ptr) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ptr)))
+SIMD_KERNEL(kernel_avx2, T_AVX2, __m256, 8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps, CVT8, _mm256_add_ps,
+            hsum256)
+
+/* AVX-512F: 16 floats per vector (dim % 16 == 0) */
+#define T_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define CVT16(ptr) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ptr)))
+SIMD_KERNEL(kernel_avx512, T_AVX512, __m512, 16, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, CVT16,
+            _mm512_add_ps, _mm512_reduce_add_ps)
+
+/* CPU and OS support, from CPUID and XGETBV (no compiler runtime needed) */
+static unsigned long long fk_xgetbv(void) {
+    unsigned int lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+static void detect(int *avx2, int *avx512) {
+    unsigned int a, b, c, d;
+    *avx2 = *avx512 = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1, avx = (c >> 28) & 1;
+    if (!(osxsave && avx && fma && f16c)) return;
+    unsigned long long xcr0 = fk_xgetbv();
+    if ((xcr0 & 0x6) != 0x6) return; /* XMM and YMM state */
+    if (__get_cpuid_max(0, NULL) < 7) return;
+    __cpuid_count(7, 0, a, b, c, d);
+    *avx2 = (b >> 5) & 1;
+    *avx512 = *avx2 && ((b >> 16) & 1) && (xcr0 & 0xe6) == 0xe6; /* + opmask, ZMM_Hi256, Hi16_ZMM state */
+}
+#endif /* FK_X86 */
+
+typedef void (*kernel_fn)(const job_t *);
+typedef struct {
+    const char *name;
+    kernel_fn fn;
+    int width; /* dim must be a multiple of this */
+} kernel_t;
+
+static kernel_t KERNELS[3];
+static int N_KERNELS = 0;
+
+/* -- Python binding -------------------------------------------------------------------------------------- */
+static int get_buf(PyObject *obj, Py_buffer *v, int writable, const char *what) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, v, flags) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: a C-contiguous%s buffer is required", what, writable ? " writable" : "");
+        return -1;
+    }
+    return 0;
+}
+
+static int fmt_is(const Py_buffer *v, char c) {
+    const char *f = v->format ? v->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    return f[0] == c && f[1] == 0;
+}
+
+static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"out", "q", "layers", "start", "stop", "kernel", "block", NULL};
+    PyObject *out_o, *q_o, *layers_o, *start_o, *stop_o = Py_None;
+    const char *kname = NULL;
+    Py_ssize_t block = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|Ozn:dot", kwlist, &out_o, &q_o, &layers_o, &start_o, &stop_o,
+                                     &kname, &block))
+        return NULL;
+    if (block < 0) return PyErr_Format(PyExc_ValueError, "block must be >= 0 (0: the default)");
+    const kernel_t *k = &KERNELS[0];
+    if (kname) {
+        k = NULL;
+        for (int i = 0; i < N_KERNELS; i++)
+            if (strcmp(KERNELS[i].name, kname) == 0) k = &KERNELS[i];
+        if (!k) return PyErr_Format(PyExc_ValueError, "kernel %s is not available on this CPU", kname);
+    }
+    Py_buffer outb = {0}, qb = {0}, rowsb = {0};
+    Py_buffer *xb = NULL;
+    const uint16_t **xp = NULL;
+    PyObject *seq = NULL, *ret = NULL;
+    Py_ssize_t L = 0, got = 0;
+    int have_rows = 0;
+    job_t j;
+    memset(&j, 0, sizeof j);
+
+    if (get_buf(out_o, &outb, 1, "out") < 0) return NULL;
+    if (!fmt_is(&outb, 'f')) { PyErr_SetString(PyExc_TypeError, "out must be float32"); goto done; }
+    if (get_buf(q_o, &qb, 0, "q") < 0) goto done;
+    if (!fmt_is(&qb, 'f') || (qb.ndim != 2 && qb.ndim != 3)) {
+        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim) or (nq, L, dim)");
+        goto done;
+    }
+    int64_t nq = qb.ndim == 3 ? qb.shape[0] : 1;
+    L = qb.shape[qb.ndim - 2];
+    int64_t dim = qb.shape[qb.ndim - 1];
+    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 arrays");
+    if (!seq) goto done;
+    if (PySequence_Fast_GET_SIZE(seq) != L || L < 1) {
+        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
+        goto done;
+    }
+    if (nq < 1 || dim < 1 || dim > INT32_MAX / 2 || nq > INT32_MAX || L > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "q: bad shape");
+        goto done;
+    }
+    xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
+    xp = PyMem_Calloc((size_t)L, sizeof(*xp));
+    if (!xb || !xp) { PyErr_NoMemory(); goto done; }
+    int64_t cap = INT64_MAX;
+    for (got = 0; got < L; got++) {
+        Py_buffer *v = &xb[got];
+        if (get_buf(PySequence_Fast_GET_ITEM(seq, got), v, 0, "layers[i]") < 0) goto done;
+        if (!fmt_is(v, 'e') || v->ndim != 2 || v->shape[1] != dim) {
+            got++;
+            PyErr_Format(PyExc_TypeError, "layers[%zd] must be float16 (rows, %lld)", got - 1, (long long)dim);
+            goto done;
+        }
+        if (v->shape[0] < cap) cap = v->shape[0];
+        xp[got] = (const uint16_t *)v->buf;
+    }
+    int64_t m, start = 0;
+    if (stop_o == Py_None && PyObject_CheckBuffer(start_o)) { /* dot(out, q, layers, rows) */
+        if (get_buf(start_o, &rowsb, 0, "rows") < 0) goto done;
+        have_rows = 1;
+        if (!(fmt_is(&rowsb, 'l') || fmt_is(&rowsb, 'q')) || rowsb.itemsize != 8 || rowsb.ndim != 1) {
+            PyErr_SetString(PyExc_TypeError, "rows must be a 1-D int64 array");
+            goto done;
+        }
+        m = rowsb.shape[0];
+        const int64_t *idx = (const int64_t *)rowsb.buf;
+        for (int64_t i = 0; i < m; i++)
+            if (idx[i] < 0 || idx[i] >= cap) {
+                PyErr_Format(PyExc_IndexError, "row %lld out of range 0..%lld", (long long)idx[i], (long long)cap);
+                goto done;
+            }
+        j.idx = idx;
+    } else {
+        start = PyLong_AsLongLong(start_o);
+        int64_t stop = stop_o == Py_None ? -1 : PyLong_AsLongLong(stop_o);
+        if (PyErr_Occurred()) goto done;
+        if (stop_o == Py_None || start < 0 || stop < start || stop > cap) {
+            PyErr_Format(PyExc_IndexError, "rows %lld..%lld out of range 0..%lld", (long long)start, (long long)stop,
+                         (long long)cap);
+            goto done;
+        }
+        m = stop - start;
+    }
+    if (outb.len != (Py_ssize_t)(nq * m * (int64_t)sizeof(float))) {
+        PyErr_Format(PyExc_ValueError, "out holds %zd floats, %lld needed", outb.len / 4, (long long)(nq * m));
+        goto done;
+    }
+    if (dim % k->width) k = &KERNELS[N_KERNELS - 1]; /* scalar: any dim */
+    j.out = (float *)outb.buf;
+    j.q = (const float *)qb.buf;
+    j.x = xp;
+    j.nq = (int)nq;
+    j.L = (int)L;
+    j.dim = (int)dim;
+    j.start = start;
+    j.m = m;
+    j.block = block ? block : (nq == 1 ? BLOCK_ONE : BLOCK_MANY);
+    if (m > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        k->fn(&j);
+        Py_END_ALLOW_THREADS
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    if (xb)
+        for (Py_ssize_t i = 0; i < got; i++)
+            if (xb[i].obj) PyBuffer_Release(&xb[i]);
+    PyMem_Free(xb);
+    PyMem_Free((void *)xp);
+    Py_XDECREF(seq);
+    if (have_rows) PyBuffer_Release(&rowsb);
+    if (qb.obj) PyBuffer_Release(&qb);
+    if (outb.obj) PyBuffer_Release(&outb);
+    return ret;
+}
+
+static PyObject *py_kernels(PyObject *self, PyObject *unused) {
+    PyObject *t = PyTuple_New(N_KERNELS);
+    if (!t) return NULL;
+    for (int i = 0; i < N_KERNELS; i++) {
+        PyObject *s = PyUnicode_FromString(KERNELS[i].name);
+        if (!s) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, i, s);
+    }
+    return t;
+}
+
+static PyMethodDef methods[] = {
+    {"dot", (PyCFunction)(void (*)(void))py_dot, METH_VARARGS | METH_KEYWORDS,
+     "dot(out, q, layers, start, stop, kernel=None) or dot(out, q, layers, rows, kernel=None): out[p, i] = "
+     "sum over layers l of <q[p, l], float16 row i of layers[l]>, float32; releases the GIL."},
+    {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_f16dot",
+                                    "Exact float16 x float32 multi-layer dot products (see _f16dot.c).", -1, methods};
+
+PyMODINIT_FUNC PyInit__f16dot(void) {
+    N_KERNELS = 0;
+#ifdef FK_X86
+    int avx2, avx512;
+    detect(&avx2, &avx512);
+    if (avx512) KERNELS[N_KERNELS++] = (kernel_t){"avx512", kernel_avx512, 16};
+    if (avx2) KERNELS[N_KERNELS++] = (kernel_t){"avx2", kernel_avx2, 8};
+#endif
+    KERNELS[N_KERNELS++] = (kernel_t){"scalar", kernel_scalar, 1};
+    PyObject *mod = PyModule_Create(&moddef);
+    if (!mod) return NULL;
+    if (PyModule_AddStringConstant(mod, "KERNEL", KERNELS[0].name) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}
