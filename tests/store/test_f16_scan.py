@@ -1,0 +1,175 @@
+"""The float16 scan kernels: the C extension `facekeys.store._f16dot` (every SIMD variant this CPU runs, and its
+portable C path) equals the numpy fallback and a float64 oracle; the float16 exact store returns the oracle's
+exact answers with the extension and without it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facekeys.dims import DIM
+from facekeys.layers import parse_layers
+from facekeys.store import MatchQuery
+from facekeys.store import ann
+from facekeys.store.ann import _SCALE, _dot_numpy
+
+from fkhelpers import random_keys
+
+
+def _exact_oracle():
+    spec = importlib.util.spec_from_file_location("fk_exact_oracle", Path(__file__).with_name("test_exact_oracle.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_oracle = _exact_oracle()
+needs_c = pytest.mark.skipif(ann._f16dot is None, reason="C kernel not built (pip install -e . builds it)")
+KERNELS = ann._f16dot.kernels() if ann._f16dot is not None else ()
+
+
+def hard_f16(rng, rows: int, dim: int = DIM) -> np.ndarray:
+    """float16 rows mixing ordinary values, subnormals, zeros, signed zeros and values near +-65504."""
+    x = rng.standard_normal((rows, dim)).astype(np.float16)
+    bits = rng.integers(0, 1 << 16, (rows, dim), dtype=np.uint16)
+    subnormal = (bits & 0x83FF).view(np.float16)  # exponent 0: subnormals and +-0
+    big = (rng.choice([-1, 1], (rows, dim)) * rng.uniform(30000, 65504, (rows, dim))).astype(np.float16)
+    pick = rng.integers(0, 8, (rows, dim))
+    x = np.where(pick == 0, subnormal, x)
+    x = np.where(pick == 1, big, x)
+    return np.where(pick == 2, np.float16(-0.0), x)
+
+
+def f64_oracle(q: np.ndarray, layers, rows) -> np.ndarray:
+    """(Q, m) float64 sum over layers of <q_l, x_l[rows]>."""
+    return sum(q[:, l, :].astype(np.float64) @ x[rows].astype(np.float64).T for l, x in enumerate(layers))
+
+
+def tolerance(q, layers, rows) -> np.ndarray:
+    """float32 accumulation bound: a few ulps of the sum of |products| per output."""
+    mag = sum(np.abs(q[:, l, :]).astype(np.float64) @ np.abs(x[rows].astype(np.float64)).T
+              for l, x in enumerate(layers))
+    return 2e-6 * mag + 1e-30
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("nq,n_layers,m", [(1, 1, 1), (1, 3, 77), (1, 18, 131), (2, 4, 65), (3, 2, 63),
+                                           (4, 5, 64), (5, 1, 129), (9, 6, 33)])
+def test_c_kernel_equals_numpy_and_float64(kernel, nq, n_layers, m):
+    rng = np.random.default_rng([nq, n_layers, m])
+    cap = m + 40
+    layers = [hard_f16(rng, cap) for _ in range(n_layers)]
+    q = rng.standard_normal((nq, n_layers, DIM)).astype(np.float32)
+    q[:, :, :7] *= 1e-3
+    for rows in (slice(17, 17 + m), np.sort(rng.choice(cap, m, replace=False)), rng.integers(0, cap, m)):
+        idx = np.arange(cap)[rows]
+        want = f64_oracle(q, layers, idx)
+        tol = tolerance(q, layers, idx)
+        got = np.full((nq, m), np.nan, np.float32)
+        if isinstance(rows, slice):
+            ann._f16dot.dot(got, q, layers, rows.start, rows.stop, kernel=kernel)
+        else:
+            ann._f16dot.dot(got, q, layers, rows, kernel=kernel)
+        assert np.all(np.abs(got - want) <= tol), (kernel, np.abs(got - want).max())
+        qs = [np.ascontiguousarray(q[:, l, :] * _SCALE) for l in range(n_layers)]
+        fallback = _dot_numpy(layers, qs, rows, m)
+        assert np.all(np.abs(fallback - want) <= tol)
+        assert np.all(np.abs(got - fallback) <= 2 * tol)
+        if nq == 1:  # the (m,) output and (L, dim) probe forms
+            flat = np.empty(m, np.float32)
+            ann._f16dot.dot(flat, q[0], layers, idx, kernel=kernel)
+            np.testing.assert_allclose(flat, got[0], rtol=0, atol=float(tol.max()))
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_c_kernel_any_width_and_every_f16_value(kernel):
+    """Every finite float16 bit pattern, against one-hot probes (exact), and row widths that are not a
+    multiple of the SIMD width (the scalar path takes them)."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    h = h[np.isfinite(h)]
+    h = np.concatenate([h, np.zeros((-len(h)) % DIM, np.float16)]).reshape(-1, DIM)
+    for d in (0, 5, 511):
+        q = np.zeros((1, 1, DIM), np.float32)
+        q[0, 0, d] = 1.0
+        out = np.empty((1, len(h)), np.float32)
+        ann._f16dot.dot(out, q, [h], 0, len(h), kernel=kernel)
+        assert np.array_equal(out[0], h[:, d].astype(np.float32))
+    rng = np.random.default_rng(5)
+    for dim in (1, 24, 40, 520):
+        layers = [hard_f16(rng, 30, dim) for _ in range(2)]
+        q = rng.standard_normal((3, 2, dim)).astype(np.float32)
+        got = np.empty((3, 11), np.float32)
+        ann._f16dot.dot(got, q, layers, 7, 18, kernel=kernel)
+        idx = np.arange(7, 18)
+        assert np.all(np.abs(got - f64_oracle(q, layers, idx)) <= tolerance(q, layers, idx))
+
+
+@needs_c
+def test_c_kernel_rejects_bad_arguments():
+    dot = ann._f16dot.dot
+    x = np.zeros((10, DIM), np.float16)
+    q = np.zeros((1, 1, DIM), np.float32)
+    out = np.zeros((1, 4), np.float32)
+    dot(out, q, [x], 6, 10)  # fine
+    dot(out, q, [x], np.array([0, 9, 3, 3]))
+    dot(np.zeros((1, 0), np.float32), q, [x], np.zeros(0, np.int64))
+    bad = [
+        ((out, q, [x], 7, 11), IndexError),  # past the rows
+        ((out, q, [x], -1, 3), IndexError),
+        ((out, q, [x], np.array([0, 10, 1, 2])), IndexError),
+        ((out, q, [x], np.array([0, 1, 2, 3], np.int32)), TypeError),
+        ((out, q, [x], 0, 5), ValueError),  # out too small/large
+        ((out, q, [x.astype(np.float32)], 0, 4), TypeError),
+        ((out, q, [x[:, :256]], 0, 4), TypeError),  # not contiguous
+        ((out, q, [x, x], 0, 4), ValueError),  # layers vs q
+        ((out.astype(np.float64), q, [x], 0, 4), TypeError),
+        ((out, q.astype(np.float64), [x], 0, 4), TypeError),
+        ((out, q, [x], 0), IndexError),  # a plain start without stop
+    ]
+    for args, exc in bad:
+        with pytest.raises(exc):
+            dot(*args)
+    with pytest.raises(ValueError):
+        dot(out, q, [x], 0, 4, kernel="no-such-kernel")
+    ro = np.zeros((1, 4), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError):
+        dot(ro, q, [x], 0, 4)
+
+
+def test_kernel_flag_names_the_kernel_in_use():
+    assert ann.F16_KERNEL == ("numpy" if ann._f16dot is None else f"c-{ann._f16dot.KERNEL}")
+    if ann._f16dot is not None:
+        assert ann._f16dot.KERNEL == KERNELS[0] and KERNELS[-1] == "scalar"
+
+
+@pytest.mark.parametrize("kernel", ["c", "numpy"])
+def test_float16_exact_store_equals_oracle_with_and_without_c(store_factory, monkeypatch, kernel):
+    if kernel == "c" and ann._f16dot is None:
+        pytest.skip("C kernel not built")
+    if kernel == "numpy":
+        monkeypatch.setattr(ann, "_f16dot", None)
+        monkeypatch.setattr(ann, "SMALL_BATCH", 2)  # the batch goes through BLAS, one probe through FAISS' dot
+    monkeypatch.setattr(ann, "SCAN_CHUNK", 300)  # several chunks per scan part, merged by the heap
+    store = store_factory(vector_dtype="float16")
+    gallery = random_keys(1001, seed=31)  # odd count: parts and chunks of uneven size
+    ids = _oracle.enrol(store, gallery)
+    store.delete_key(ids[3])  # deleted rows are skipped (the scan then gathers the admitted rows)
+    store.delete_key(ids[500])
+    g16 = gallery.astype(np.float16).astype(np.float32)
+    probes = gallery[[0, 250, 999, 1000]] + 0.3 * random_keys(4, seed=32)
+    ix = store._indexes["enc"]
+    alive = set(ix.alive_ids().tolist())
+    for subset in ("high:1", "high:4", "all", "1,5,18"):
+        layers = parse_layers(subset)
+        for metric in ("cosine", "l2"):
+            for batch in (probes[:1], probes):  # one probe, and a batch
+                r = store.match(MatchQuery.build(batch, "enc", subset, metric, top_k=7))
+                for probe, pr in zip(batch, r.results):
+                    scores = {k: s for k, s in zip(ids, _oracle.oracle(g16, probe, layers, metric)) if k in alive}
+                    _oracle.assert_topk_matches_oracle(pr.hits, scores, 7, metric, tol=1e-9)
