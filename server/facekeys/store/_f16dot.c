@@ -28,7 +28,7 @@
 #include <immintrin.h>
 #endif
 
-#define BLOCK_ONE 256 /* rows per block, one probe: 256 KiB of one layer read sequentially (measured best of 32..4096) */
+#define BLOCK_ONE 1024 /* rows per block, one probe: 1 MiB of a layer read sequentially (measured: 256 5 % slower, 64 10 %) */
 #define BLOCK_MANY 256 /* rows per block, several probes: a layer's block is re-read from L2 per group of 4 probes */
 #define PREFETCH_AHEAD 4 /* gathered rows: software prefetch this many rows ahead */
 
@@ -98,9 +98,10 @@ static void kernel_scalar(const job_t *j) {
 
 #ifdef FK_X86
 /* -- SIMD kernels -----------------------------------------------------------------------------------------
- * Per row block and layer: one probe streams the block's rows with four accumulator chains; several probes
+ * Per row block and layer: one probe streams the block's two halves at once (two rows in flight, four
+ * accumulator chains: measured +30 % for one thread, +5-20 % for two, over one row at a time); several probes
  * go in groups of four (each converted vector feeds four FMAs), the group's probe rows (8 KiB per layer)
- * staying in L1 while the block's rows (64 KiB) are re-read from L2 by the next group. Outputs of the block
+ * staying in L1 while the block's rows (256 KiB) are re-read from L2 by the next group. Outputs of the block
  * stay in L1. Gathered rows are software-prefetched a few rows ahead (the first group only). */
 #define SIMD_KERNEL(NAME, TARGET, VEC, W, ZERO, FMA, LOADQ, CVT, ADD, HSUM)                                       \
     static TARGET void NAME(const job_t *j) {                                                                     \
@@ -112,20 +113,32 @@ static void kernel_scalar(const job_t *j) {
             for (int l = 0; l < L; l++) {                                                                         \
                 const float *ql = j->q + (int64_t)l * dim;                                                        \
                 int p = 0;                                                                                        \
-                if (nq == 1) {                                                                                    \
-                    for (int64_t i = b; i < e; i++) {                                                             \
-                        const uint16_t *xr = row_ptr(j, l, i);                                                    \
-                        if (j->idx && i + PREFETCH_AHEAD < e) prefetch_row(j, l, i + PREFETCH_AHEAD);             \
-                        VEC a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0;                                               \
-                        int d = 0;                                                                                \
-                        for (; d + 4 * W <= dim; d += 4 * W) {                                                    \
-                            a0 = FMA(CVT(xr + d), LOADQ(ql + d), a0);                                             \
-                            a1 = FMA(CVT(xr + d + W), LOADQ(ql + d + W), a1);                                     \
-                            a2 = FMA(CVT(xr + d + 2 * W), LOADQ(ql + d + 2 * W), a2);                             \
-                            a3 = FMA(CVT(xr + d + 3 * W), LOADQ(ql + d + 3 * W), a3);                             \
+                if (nq == 1) { /* two rows at once, half a block apart: two streams per thread in flight */  \
+                    const int64_t half = (e - b + 1) / 2;                                                         \
+                    for (int64_t k = 0; k < half; k++) {                                                          \
+                        const int64_t i0 = b + k, i1 = b + half + k;                                              \
+                        const int two = i1 < e;                                                                   \
+                        const uint16_t *x0 = row_ptr(j, l, i0), *x1 = two ? row_ptr(j, l, i1) : x0;               \
+                        if (j->idx && i1 + PREFETCH_AHEAD < e) {                                                  \
+                            prefetch_row(j, l, i0 + PREFETCH_AHEAD);                                              \
+                            prefetch_row(j, l, i1 + PREFETCH_AHEAD);                                              \
                         }                                                                                         \
-                        for (; d < dim; d += W) a0 = FMA(CVT(xr + d), LOADQ(ql + d), a0);                         \
-                        j->out[i] += HSUM(ADD(ADD(a0, a1), ADD(a2, a3)));                                         \
+                        VEC a0 = ZERO(), a1 = a0, c0 = a0, c1 = a0;                                               \
+                        int d = 0;                                                                                \
+                        for (; d + 2 * W <= dim; d += 2 * W) {                                                    \
+                            VEC qa = LOADQ(ql + d), qb = LOADQ(ql + d + W);                                       \
+                            a0 = FMA(CVT(x0 + d), qa, a0);                                                        \
+                            c0 = FMA(CVT(x1 + d), qa, c0);                                                        \
+                            a1 = FMA(CVT(x0 + d + W), qb, a1);                                                    \
+                            c1 = FMA(CVT(x1 + d + W), qb, c1);                                                    \
+                        }                                                                                         \
+                        for (; d < dim; d += W) {                                                                 \
+                            VEC qa = LOADQ(ql + d);                                                               \
+                            a0 = FMA(CVT(x0 + d), qa, a0);                                                        \
+                            c0 = FMA(CVT(x1 + d), qa, c0);                                                        \
+                        }                                                                                         \
+                        j->out[i0] += HSUM(ADD(a0, a1));                                                          \
+                        if (two) j->out[i1] += HSUM(ADD(c0, c1));                                                 \
                     }                                                                                             \
                     continue;                                                                                     \
                 }                                                                                                 \
