@@ -39,8 +39,8 @@ from .rwlock import RWLock
 
 SCAN_CHUNK = 1 << 16  # rows scored at once: bounds the (rows, Q) score buffer of each scan thread
 GATHER_BELOW = 0.25  # a filter admitting fewer rows than this fraction gathers them instead of masking
-MIN_JOB_BYTES = 48 << 20  # one probe: a scan thread's job reads at least this much (one thread nearly
-#                           saturates memory with the SIMD dot; smaller jobs pay more in dispatch than they gain)
+MIN_JOB_BYTES = 8 << 20  # one probe: a scan thread's job reads at least this much (below, a thread hand-off
+#                          costs more than the second core's share of the read saves)
 
 
 @dataclass(frozen=True)
@@ -263,14 +263,15 @@ class FlatLayerIndex:
             return self._rerank(views, q_all, metric, k, cand, searched)
 
     def _blocks(self, n: int, mask: np.ndarray | None, searched: int, min_rows: int = 1):
-        """Row blocks to score, one per scan thread or more (each at least `min_rows`, at most SCAN_CHUNK):
-        (rows, valid) where rows is a slice (no copy) or an index array, and valid masks excluded rows
-        (None: all valid)."""
+        """Row blocks to score, of equal size, one per scan thread or more (at most SCAN_CHUNK rows each; fewer
+        blocks than threads when a thread's share would be under `min_rows`): (rows, valid) where rows is a
+        slice (no copy) or an index array, and valid masks excluded rows (None: all valid)."""
         if mask is not None and searched < GATHER_BELOW * n:
             rows = np.flatnonzero(mask)
             step = min(SCAN_CHUNK, -(-len(rows) // self._threads))
             return [(rows[s : s + step], None) for s in range(0, len(rows), step)]
-        step = min(SCAN_CHUNK, max(min_rows, -(-n // self._threads)))
+        jobs = max(1, min(self._threads, n // max(1, min_rows)))
+        step = min(SCAN_CHUNK, -(-n // jobs))
         return [(slice(s, min(n, s + step)), None if mask is None else mask[s : min(n, s + step)])
                 for s in range(0, n, step)]
 
