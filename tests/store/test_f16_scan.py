@@ -124,7 +124,7 @@ def test_c_kernel_rejects_bad_arguments():
         ((out, q, [x], np.array([0, 10, 1, 2])), IndexError),
         ((out, q, [x], np.array([0, 1, 2, 3], np.int32)), TypeError),
         ((out, q, [x], 0, 5), ValueError),  # out too small/large
-        ((out, q, [x.astype(np.float32)], 0, 4), TypeError),
+        ((out, q, [x.astype(np.float64)], 0, 4), TypeError),  # rows are float16 or float32
         ((out, q, [x[:, :256]], 0, 4), TypeError),  # not contiguous
         ((out, q, [x, x], 0, 4), ValueError),  # layers vs q
         ((out.astype(np.float64), q, [x], 0, 4), TypeError),
@@ -173,3 +173,31 @@ def test_float16_exact_store_equals_oracle_with_and_without_c(store_factory, mon
                 for probe, pr in zip(batch, r.results):
                     scores = {k: s for k, s in zip(ids, _oracle.oracle(g16, probe, layers, metric)) if k in alive}
                     _oracle.assert_topk_matches_oracle(pr.hits, scores, 7, metric, tol=1e-9)
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("nq,n_layers,m", [(1, 1, 1), (1, 3, 77), (1, 18, 131), (1, 2, 2051), (2, 4, 65), (5, 2, 63)])
+def test_c_kernel_float32_rows_equal_float64_oracle(kernel, nq, n_layers, m):
+    """float32 layers (the exact float32 index's one-probe scan) take the same kernels without conversion."""
+    rng = np.random.default_rng(nq * 1000 + n_layers * 10 + m)
+    layers = [rng.standard_normal((m + 7, DIM)).astype(np.float32) for _ in range(n_layers)]
+    q = rng.standard_normal((nq, n_layers, DIM)).astype(np.float32)
+    for rows in (np.arange(5, 5 + m), rng.integers(0, m + 7, m)):
+        out = np.empty((nq, m), np.float32)
+        if rows[0] == 5 and np.all(np.diff(rows) == 1):
+            ann._f16dot.dot(out, q, layers, 5, 5 + m, kernel=kernel)
+        else:
+            ann._f16dot.dot(out, q, layers, rows, kernel=kernel)
+        want = sum(q[:, l, :].astype(np.float64) @ x[rows].astype(np.float64).T for l, x in enumerate(layers))
+        mag = sum(np.abs(q[:, l, :]).astype(np.float64) @ np.abs(x[rows]).astype(np.float64).T
+                  for l, x in enumerate(layers))
+        assert (np.abs(out - want) <= 2e-6 * mag + 1e-30).all()
+
+
+@needs_c
+def test_c_kernel_refuses_mixed_row_types():
+    q = np.ones((2, DIM), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        ann._f16dot.dot(np.empty(4, np.float32), q, [np.ones((4, DIM), np.float32), np.ones((4, DIM), np.float16)],
+                        0, 4)

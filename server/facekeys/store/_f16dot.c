@@ -4,7 +4,9 @@
  * dot(out, q, layers, rows)          the rows listed in `rows` (int64, any order)
  *
  *   q       float32, C-contiguous (nq, L, dim) or (L, dim) (nq = 1): one probe per layer
- *   layers  sequence of L float16 (format 'e') C-contiguous 2-D buffers (cap, dim): numpy arrays or memory maps
+ *   layers  sequence of L C-contiguous 2-D buffers (cap, dim), all float16 (format 'e') or all float32 ('f'):
+ *           numpy arrays or memory maps (float32 rows take the same kernels without the conversion: the
+ *           exact float32 index uses them for its two-streams-per-thread single-probe scan)
  *   out     float32, C-contiguous, nq * m values ((nq, m) or (m,)), overwritten:
  *           out[p, i] = sum_l sum_d q[p, l, d] * float(layers[l][row_i, d])   (float32 accumulation)
  *
@@ -35,17 +37,18 @@
 typedef struct {
     float *out;            /* (nq, m) */
     const float *q;        /* (nq, L, dim) */
-    const uint16_t **x;    /* L pointers to (cap, dim) */
+    const char **x;        /* L pointers to (cap, dim) float16 or float32 */
     int nq, L, dim;
+    int esize;             /* bytes per element: 2 (float16) or 4 (float32) */
     int64_t start;         /* first row when idx is NULL */
     const int64_t *idx;    /* m row numbers, or NULL */
     int64_t m;
     int64_t block;         /* rows per block */
 } job_t;
 
-static inline const uint16_t *row_ptr(const job_t *j, int l, int64_t i) {
+static inline const void *row_ptr(const job_t *j, int l, int64_t i) {
     int64_t r = j->idx ? j->idx[i] : j->start + i;
-    return j->x[l] + r * (int64_t)j->dim;
+    return j->x[l] + r * (int64_t)j->dim * j->esize;
 }
 
 /* -- portable scalar kernel ------------------------------------------------------------------------------ */
@@ -65,7 +68,7 @@ static inline float half_to_float(uint16_t h) {
 }
 
 static void kernel_scalar(const job_t *j) {
-    const int dim = j->dim, L = j->L, nq = j->nq;
+    const int dim = j->dim, L = j->L, nq = j->nq, f32 = j->esize == 4;
     float buf[1024];
     for (int64_t b = 0; b < j->m; b += j->block) {
         int64_t e = b + j->block < j->m ? b + j->block : j->m;
@@ -73,10 +76,13 @@ static void kernel_scalar(const job_t *j) {
             for (int64_t i = b; i < e; i++) j->out[p * j->m + i] = 0.0f;
         for (int l = 0; l < L; l++) {
             for (int64_t i = b; i < e; i++) {
-                const uint16_t *xr = row_ptr(j, l, i);
+                const void *xr = row_ptr(j, l, i);
                 for (int d0 = 0; d0 < dim; d0 += 1024) {
                     int n = dim - d0 < 1024 ? dim - d0 : 1024;
-                    for (int d = 0; d < n; d++) buf[d] = half_to_float(xr[d0 + d]);
+                    if (f32)
+                        memcpy(buf, (const float *)xr + d0, (size_t)n * sizeof(float));
+                    else
+                        for (int d = 0; d < n; d++) buf[d] = half_to_float(((const uint16_t *)xr)[d0 + d]);
                     for (int p = 0; p < nq; p++) {
                         const float *qp = j->q + ((int64_t)p * L + l) * dim + d0;
                         float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
@@ -103,7 +109,7 @@ static void kernel_scalar(const job_t *j) {
  * go in groups of four (each converted vector feeds four FMAs), the group's probe rows (8 KiB per layer)
  * staying in L1 while the block's rows (256 KiB) are re-read from L2 by the next group. Outputs of the block
  * stay in L1. Gathered rows are software-prefetched a few rows ahead (the first group only). */
-#define SIMD_KERNEL(NAME, TARGET, VEC, W, ZERO, FMA, LOADQ, CVT, ADD, HSUM)                                       \
+#define SIMD_KERNEL(NAME, TARGET, VEC, W, ZERO, FMA, LOADQ, CVT, ADD, HSUM, ELEM)                                       \
     static TARGET void NAME(const job_t *j) {                                                                     \
         const int dim = j->dim, L = j->L, nq = j->nq;                                                             \
         const int64_t m = j->m, qstride = (int64_t)L * dim;                                                       \
@@ -118,7 +124,7 @@ static void kernel_scalar(const job_t *j) {
                     for (int64_t k = 0; k < half; k++) {                                                          \
                         const int64_t i0 = b + k, i1 = b + half + k;                                              \
                         const int two = i1 < e;                                                                   \
-                        const uint16_t *x0 = row_ptr(j, l, i0), *x1 = two ? row_ptr(j, l, i1) : x0;               \
+                        const ELEM *x0 = row_ptr(j, l, i0), *x1 = two ? row_ptr(j, l, i1) : x0;                   \
                         if (j->idx && i1 + PREFETCH_AHEAD < e) {                                                  \
                             prefetch_row(j, l, i0 + PREFETCH_AHEAD);                                              \
                             prefetch_row(j, l, i1 + PREFETCH_AHEAD);                                              \
@@ -146,7 +152,7 @@ static void kernel_scalar(const job_t *j) {
                     const float *q0 = ql + p * qstride, *q1 = q0 + qstride, *q2 = q1 + qstride, *q3 = q2 + qstride; \
                     float *o0 = j->out + p * m, *o1 = o0 + m, *o2 = o1 + m, *o3 = o2 + m;                         \
                     for (int64_t i = b; i < e; i++) {                                                             \
-                        const uint16_t *xr = row_ptr(j, l, i);                                                    \
+                        const ELEM *xr = row_ptr(j, l, i);                                                        \
                         if (p == 0 && j->idx && i + PREFETCH_AHEAD < e) prefetch_row(j, l, i + PREFETCH_AHEAD);   \
                         VEC a0 = ZERO(), a1 = a0, a2 = a0, a3 = a0;                                               \
                         for (int d = 0; d < dim; d += W) {                                                        \
@@ -166,7 +172,7 @@ static void kernel_scalar(const job_t *j) {
                     const float *q0 = ql + p * qstride;                                                           \
                     float *o0 = j->out + p * m;                                                                   \
                     for (int64_t i = b; i < e; i++) {                                                             \
-                        const uint16_t *xr = row_ptr(j, l, i);                                                    \
+                        const ELEM *xr = row_ptr(j, l, i);                                                        \
                         if (p == 0 && j->idx && i + PREFETCH_AHEAD < e) prefetch_row(j, l, i + PREFETCH_AHEAD);   \
                         VEC a0 = ZERO(), a1 = a0;                                                                 \
                         int d = 0;                                                                                \
@@ -184,7 +190,7 @@ static void kernel_scalar(const job_t *j) {
 
 static inline void prefetch_row(const job_t *j, int l, int64_t i) {
     const char *p = (const char *)row_ptr(j, l, i);
-    for (int o = 0; o < j->dim * 2; o += 64) __builtin_prefetch(p + o, 0, 3);
+    for (int o = 0; o < j->dim * j->esize; o += 64) __builtin_prefetch(p + o, 0, 3);
 }
 
 /* AVX2 + FMA + F16C: 8 floats per vector (dim % 8 == 0) */
@@ -197,13 +203,17 @@ static inline T_AVX2 float hsum256(__m256 v) {
 }
 #define CVT8(ptr) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ptr)))
 SIMD_KERNEL(kernel_avx2, T_AVX2, __m256, 8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps, CVT8, _mm256_add_ps,
-            hsum256)
+            hsum256, uint16_t)
+SIMD_KERNEL(kernel_avx2_f32, T_AVX2, __m256, 8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_ps,
+            _mm256_add_ps, hsum256, float)
 
 /* AVX-512F: 16 floats per vector (dim % 16 == 0) */
 #define T_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #define CVT16(ptr) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ptr)))
 SIMD_KERNEL(kernel_avx512, T_AVX512, __m512, 16, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, CVT16,
-            _mm512_add_ps, _mm512_reduce_add_ps)
+            _mm512_add_ps, _mm512_reduce_add_ps, uint16_t)
+SIMD_KERNEL(kernel_avx512_f32, T_AVX512, __m512, 16, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+            _mm512_loadu_ps, _mm512_add_ps, _mm512_reduce_add_ps, float)
 
 /* CPU and OS support, from CPUID and XGETBV (no compiler runtime needed) */
 static unsigned long long fk_xgetbv(void) {
@@ -230,8 +240,9 @@ static void detect(int *avx2, int *avx512) {
 typedef void (*kernel_fn)(const job_t *);
 typedef struct {
     const char *name;
-    kernel_fn fn;
-    int width; /* dim must be a multiple of this */
+    kernel_fn fn;     /* float16 rows */
+    kernel_fn fn_f32; /* float32 rows */
+    int width;        /* dim must be a multiple of this */
 } kernel_t;
 
 static kernel_t KERNELS[3];
@@ -271,7 +282,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     }
     Py_buffer outb = {0}, qb = {0}, rowsb = {0};
     Py_buffer *xb = NULL;
-    const uint16_t **xp = NULL;
+    const char **xp = NULL;
     PyObject *seq = NULL, *ret = NULL;
     Py_ssize_t L = 0, got = 0;
     int have_rows = 0;
@@ -288,7 +299,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     int64_t nq = qb.ndim == 3 ? qb.shape[0] : 1;
     L = qb.shape[qb.ndim - 2];
     int64_t dim = qb.shape[qb.ndim - 1];
-    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 arrays");
+    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
     if (!seq) goto done;
     if (PySequence_Fast_GET_SIZE(seq) != L || L < 1) {
         PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
@@ -302,16 +313,22 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     xp = PyMem_Calloc((size_t)L, sizeof(*xp));
     if (!xb || !xp) { PyErr_NoMemory(); goto done; }
     int64_t cap = INT64_MAX;
+    char etype = 0; /* 'e' or 'f', the type of layers[0]; every layer must match it */
     for (got = 0; got < L; got++) {
         Py_buffer *v = &xb[got];
         if (get_buf(PySequence_Fast_GET_ITEM(seq, got), v, 0, "layers[i]") < 0) goto done;
-        if (!fmt_is(v, 'e') || v->ndim != 2 || v->shape[1] != dim) {
+        if (!etype) etype = fmt_is(v, 'f') ? 'f' : fmt_is(v, 'e') ? 'e' : '?';
+        if (!fmt_is(v, etype) || v->ndim != 2 || v->shape[1] != dim) {
             got++;
-            PyErr_Format(PyExc_TypeError, "layers[%zd] must be float16 (rows, %lld)", got - 1, (long long)dim);
+            if (etype == '?')
+                PyErr_Format(PyExc_TypeError, "layers[0] must be float16 or float32 (rows, %lld)", (long long)dim);
+            else
+                PyErr_Format(PyExc_TypeError, "layers[%zd] must be %s (rows, %lld) like layers[0]", got - 1,
+                             etype == 'f' ? "float32" : "float16", (long long)dim);
             goto done;
         }
         if (v->shape[0] < cap) cap = v->shape[0];
-        xp[got] = (const uint16_t *)v->buf;
+        xp[got] = (const char *)v->buf;
     }
     int64_t m, start = 0;
     if (stop_o == Py_None && PyObject_CheckBuffer(start_o)) { /* dot(out, q, layers, rows) */
@@ -348,6 +365,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     j.out = (float *)outb.buf;
     j.q = (const float *)qb.buf;
     j.x = xp;
+    j.esize = etype == 'f' ? 4 : 2;
     j.nq = (int)nq;
     j.L = (int)L;
     j.dim = (int)dim;
@@ -356,7 +374,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     j.block = block ? block : (nq == 1 ? BLOCK_ONE : BLOCK_MANY);
     if (m > 0) {
         Py_BEGIN_ALLOW_THREADS
-        k->fn(&j);
+        (etype == 'f' ? k->fn_f32 : k->fn)(&j);
         Py_END_ALLOW_THREADS
     }
     ret = Py_NewRef(Py_None);
@@ -387,7 +405,7 @@ static PyObject *py_kernels(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"dot", (PyCFunction)(void (*)(void))py_dot, METH_VARARGS | METH_KEYWORDS,
      "dot(out, q, layers, start, stop, kernel=None) or dot(out, q, layers, rows, kernel=None): out[p, i] = "
-     "sum over layers l of <q[p, l], float16 row i of layers[l]>, float32; releases the GIL."},
+     "sum over layers l of <q[p, l], row i of layers[l]> (float16 or float32 rows), float32; releases the GIL."},
     {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
     {NULL, NULL, 0, NULL}};
 
@@ -399,10 +417,10 @@ PyMODINIT_FUNC PyInit__f16dot(void) {
 #ifdef FK_X86
     int avx2, avx512;
     detect(&avx2, &avx512);
-    if (avx512) KERNELS[N_KERNELS++] = (kernel_t){"avx512", kernel_avx512, 16};
-    if (avx2) KERNELS[N_KERNELS++] = (kernel_t){"avx2", kernel_avx2, 8};
+    if (avx512) KERNELS[N_KERNELS++] = (kernel_t){"avx512", kernel_avx512, kernel_avx512_f32, 16};
+    if (avx2) KERNELS[N_KERNELS++] = (kernel_t){"avx2", kernel_avx2, kernel_avx2_f32, 8};
 #endif
-    KERNELS[N_KERNELS++] = (kernel_t){"scalar", kernel_scalar, 1};
+    KERNELS[N_KERNELS++] = (kernel_t){"scalar", kernel_scalar, kernel_scalar, 1};
     PyObject *mod = PyModule_Create(&moddef);
     if (!mod) return NULL;
     if (PyModule_AddStringConstant(mod, "KERNEL", KERNELS[0].name) < 0) {

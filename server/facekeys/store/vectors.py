@@ -13,9 +13,10 @@ Exact search over a layer subset S (paper: the concatenation of the selected lay
     l2(q, x)        = sqrt(||q_S||^2 + ||x_S||^2 - 2 <q_S, x_S>)   (best = min)
 The scan runs in float32 (memory-bandwidth bound), split into row blocks scored by a few threads (one
 per core, each streaming its own rows; per-call BLAS threading pays a fork/join per layer and collapses
-when another process holds a core). One probe is scored with FAISS' SIMD dot kernel
-(`fvec_inner_products_ny`), which streams at the machine's read bandwidth (~31 GB/s measured here, where
-single-threaded OpenBLAS GEMV reaches ~13 GB/s per core); batches use single-threaded BLAS GEMM (see
+when another process holds a core). One probe is scored by the C kernel `_f16dot` (every selected layer of a
+row block in one pass, two row streams per thread) or, without the extension, FAISS' SIMD dot
+(`fvec_inner_products_ny`, one stream per call): both stream at the machine's read bandwidth (~31-36 GB/s per
+two threads measured here, where single-threaded OpenBLAS GEMV reaches ~13 GB/s per core); batches use single-threaded BLAS GEMM (see
 `single_threaded_blas`), which reads each row once for all probes. Per-layer squared norms are kept
 layer-major, so a subset's norms are a few contiguous adds. The best `k + rerank_extra` candidates of each
 probe are then re-scored in float64 directly from the stored vectors, so returned scores are exact.
@@ -36,6 +37,13 @@ from facekeys.errors import InvalidArgument
 
 from facekeys.records import Filter
 from .rwlock import RWLock
+
+try:  # optional C kernel (setup.py builds it when it can); never compiled at import
+    from . import _f16dot
+except ImportError:  # pragma: no cover - depends on the build
+    _f16dot = None
+# one-probe scan kernel: the C kernel streams two row ranges per thread; FAISS' SIMD dot streams one
+F32_KERNEL = f"c-{_f16dot.KERNEL}" if _f16dot is not None else "faiss"
 
 SCAN_CHUNK = 1 << 16  # rows scored at once: bounds the (rows, Q) score buffer of each scan thread
 GATHER_BELOW = 0.25  # a filter admitting fewer rows than this fraction gathers them instead of masking
@@ -279,7 +287,7 @@ class FlatLayerIndex:
         """Approximate-order candidates (Q, kk) by row number: the best kk of every block, merged."""
         one_probe = len(q_all) == 1
         if one_probe:
-            qs = [np.ascontiguousarray(q_all[:, j, :]) for j in range(len(layers))]  # (1, 512) each
+            qs = np.ascontiguousarray(q_all[0])  # (|S|, 512)
         else:
             qs = [np.ascontiguousarray(q_all[:, j, :].T) for j in range(len(layers))]  # (512, Q) each
         norm2 = [self._norm2[layer] for layer in layers]  # (n,) views, one per selected layer
@@ -289,7 +297,7 @@ class FlatLayerIndex:
             if one_probe and isinstance(rows, slice):
                 ip = _dot_one(views, qs, rows)  # (1, rows)
             elif one_probe:
-                ip = sum(q @ view[rows].T for view, q in zip(views, qs))  # (1, rows)
+                ip = sum(q[None] @ view[rows].T for view, q in zip(views, qs))  # (1, rows)
             else:
                 ip = None
                 for view, q in zip(views, qs):
@@ -345,16 +353,19 @@ class FlatLayerIndex:
         return SearchResult(ids, scores, searched)
 
 
-def _dot_one(views: Sequence[np.ndarray], qs: Sequence[np.ndarray], rows: slice) -> np.ndarray:
-    """(1, rows) float32 sum over the selected layers of <q_l, x_l> for one probe, with FAISS' SIMD dot.
+def _dot_one(views: Sequence[np.ndarray], q: np.ndarray, rows: slice) -> np.ndarray:
+    """(1, rows) float32 sum over the selected layers of <q_l, x_l> for one probe.
 
-    views: (n, 512) C-contiguous per layer; qs: (1, 512) per layer."""
+    views: (n, 512) C-contiguous float32 per selected layer; q: (|S|, 512) float32."""
     m = rows.stop - rows.start
     acc = np.empty(m, np.float32)
+    if _f16dot is not None:
+        _f16dot.dot(acc, q, views, rows.start, rows.stop)
+        return acc[None, :]
     tmp = np.empty(m, np.float32) if len(views) > 1 else acc
-    for j, (view, q) in enumerate(zip(views, qs)):
+    for j, view in enumerate(views):
         dst = acc if j == 0 else tmp
-        faiss.fvec_inner_products_ny(faiss.swig_ptr(dst), faiss.swig_ptr(q), faiss.swig_ptr(view[rows]), DIM, m)
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(dst), faiss.swig_ptr(q[j]), faiss.swig_ptr(view[rows]), DIM, m)
         if j:
             acc += tmp
     return acc[None, :]
