@@ -3,9 +3,6 @@ float16 vectors); ann recall against exact; new keys searchable while training; 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import threading
 
 import numpy as np
@@ -18,19 +15,8 @@ from facekeys.store import Filter, MatchQuery, StoreConfig
 from facekeys.store.ann import AnnLayerIndex, f16_bits_as_f32
 from facekeys.store.vectors import KeyAttrs
 
-from fkhelpers import random_keys
+from fkhelpers import assert_topk_matches_oracle, enrol, oracle, random_keys
 
-
-def _exact_oracle():
-    """The exact-mode oracle helpers (pytest runs with --import-mode=importlib: no sibling imports)."""
-    spec = importlib.util.spec_from_file_location("fk_exact_oracle", Path(__file__).with_name("test_exact_oracle.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_oracle = _exact_oracle()
-assert_topk_matches_oracle, enrol, oracle = _oracle.assert_topk_matches_oracle, _oracle.enrol, _oracle.oracle
 
 SUBSETS = ("high:1", "high:4", "high:6", "all", "low:3", "1,5,18")
 CFG = dict(index_mode="ann", ann_train_min=1024, ann_merge_idle_s=0.05)

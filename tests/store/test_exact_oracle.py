@@ -8,44 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from facekeys.layers import parse_layers
-from facekeys.store import Filter, KeyStore, MatchQuery, NewKey, StoreConfig, Where
+from facekeys.store import Filter, KeyStore, MatchQuery, StoreConfig
 
-from fkhelpers import random_keys
-
-
-def oracle(gallery: np.ndarray, probe: np.ndarray, layers, metric: str) -> np.ndarray:
-    """Scores of one probe (18, 512) against gallery (N, 18, 512) on the concatenation of `layers`."""
-    x = gallery[:, list(layers), :].astype(np.float64).reshape(len(gallery), -1)
-    q = probe[list(layers), :].astype(np.float64).ravel()
-    if metric == "l2":
-        return np.linalg.norm(x - q, axis=1)
-    return (x @ q) / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
-
-
-def assert_topk_matches_oracle(hits, scores_by_key: dict, k: int, metric: str, tol: float = 1e-6):
-    """Tie-aware: returned scores are the oracle's scores of those keys, in order, and they are the k best
-    oracle values (any key strictly better than the k-th returned score must be among the hits)."""
-    sign = -1.0 if metric == "cosine" else 1.0
-    ordered = sorted(scores_by_key.values(), key=lambda s: sign * s)
-    expect = ordered[:k]
-    got_scores = [h.score for h in hits]
-    assert len(hits) == min(k, len(scores_by_key))
-    for h in hits:
-        assert h.score == pytest.approx(scores_by_key[h.key_id], abs=tol, rel=tol)
-    np.testing.assert_allclose(got_scores, expect, atol=tol, rtol=tol)
-    kth = got_scores[-1]
-    must = {kid for kid, s in scores_by_key.items() if sign * s < sign * kth - tol}
-    assert must <= {h.key_id for h in hits}
-
-
-def enrol(store, gallery, identities=None, cameras=None, times=None):
-    keys = [
-        NewKey(g, "enc", identity_id=(identities[i] if identities else f"id{i}"),
-               where=Where(cameras[i] if cameras else "cam", "vid", str(i),
-                           *(times[i] if times else (0.0, 0.0))))
-        for i, g in enumerate(gallery)
-    ]
-    return [k.key_id for k in store.enroll(keys)]
+from fkhelpers import assert_topk_matches_oracle, enrol, oracle, random_keys
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])

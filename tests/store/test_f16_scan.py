@@ -4,9 +4,6 @@ exact answers with the extension and without it."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,17 +13,9 @@ from facekeys.store import MatchQuery
 from facekeys.store import ann
 from facekeys.store.ann import _SCALE, _dot_numpy
 
-from fkhelpers import random_keys
+from fkhelpers import assert_topk_matches_oracle, enrol, oracle, random_keys
 
 
-def _exact_oracle():
-    spec = importlib.util.spec_from_file_location("fk_exact_oracle", Path(__file__).with_name("test_exact_oracle.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_oracle = _exact_oracle()
 needs_c = pytest.mark.skipif(ann._f16dot is None, reason="C kernel not built (pip install -e . builds it)")
 KERNELS = ann._f16dot.kernels() if ann._f16dot is not None else ()
 
@@ -158,7 +147,7 @@ def test_float16_exact_store_equals_oracle_with_and_without_c(store_factory, mon
     monkeypatch.setattr(ann, "SCAN_CHUNK", 300)  # several chunks per scan part, merged by the heap
     store = store_factory(vector_dtype="float16")
     gallery = random_keys(1001, seed=31)  # odd count: parts and chunks of uneven size
-    ids = _oracle.enrol(store, gallery)
+    ids = enrol(store, gallery)
     store.delete_key(ids[3])  # deleted rows are skipped (the scan then gathers the admitted rows)
     store.delete_key(ids[500])
     g16 = gallery.astype(np.float16).astype(np.float32)
@@ -171,8 +160,8 @@ def test_float16_exact_store_equals_oracle_with_and_without_c(store_factory, mon
             for batch in (probes[:1], probes):  # one probe, and a batch
                 r = store.match(MatchQuery.build(batch, "enc", subset, metric, top_k=7))
                 for probe, pr in zip(batch, r.results):
-                    scores = {k: s for k, s in zip(ids, _oracle.oracle(g16, probe, layers, metric)) if k in alive}
-                    _oracle.assert_topk_matches_oracle(pr.hits, scores, 7, metric, tol=1e-9)
+                    scores = {k: s for k, s in zip(ids, oracle(g16, probe, layers, metric)) if k in alive}
+                    assert_topk_matches_oracle(pr.hits, scores, 7, metric, tol=1e-9)
 
 
 @needs_c

@@ -3,9 +3,6 @@ disagree), corrupt snapshots rebuilt, and a crash mid-write leaves the previous 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import subprocess
 import sys
 import textwrap
@@ -18,19 +15,8 @@ from facekeys.store import KeyStore, MatchQuery, StoreConfig
 from facekeys.store import snapshot
 from facekeys.store.ann import AnnLayerIndex
 
-from fkhelpers import random_keys
+from fkhelpers import enrol, oracle, random_keys
 
-
-def _exact_oracle():
-    """The exact-mode oracle helpers (pytest runs with --import-mode=importlib: no sibling imports)."""
-    spec = importlib.util.spec_from_file_location("fk_exact_oracle", Path(__file__).with_name("test_exact_oracle.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_oracle = _exact_oracle()
-enrol, oracle = _oracle.enrol, _oracle.oracle
 
 ANN = dict(index_mode="ann", ann_train_min=1024, map_size=1 << 30, durable=False)
 
