@@ -70,7 +70,7 @@ from facekeys.records import Filter
 
 from .config import StoreConfig
 from .rwlock import RWLock
-from .vectors import KeyAttrs, SearchResult, _Codes, single_threaded_blas, smallest_k
+from .vectors import KeyAttrs, SearchResult, _Codes, _one_omp_thread, single_threaded_blas, smallest_k
 
 try:  # optional C kernel (setup.py builds it when it can); never compiled at import
     from . import _f16dot
@@ -114,12 +114,6 @@ def to_f16(latents: np.ndarray) -> np.ndarray:
     if np.abs(latents).max(initial=0.0) > F16_MAX:
         raise InvalidArgument(f"latent values beyond +-{F16_MAX:g} cannot be stored as float16")
     return latents.astype(np.float16)
-
-
-def _one_omp_thread() -> None:
-    """FAISS' OpenMP in this thread uses one thread: parallelism comes from our own threads (layers, row
-    ranges). Two OpenMP threads per call on a busy 2-core box measured 7-10x slower (spin-waiting)."""
-    faiss.omp_set_num_threads(1)
 
 
 def _map_layers(fn, workers: int) -> list:

@@ -15,9 +15,9 @@ The scan runs in float32 (memory-bandwidth bound), split into row blocks scored 
 per core, each streaming its own rows; per-call BLAS threading pays a fork/join per layer and collapses
 when another process holds a core). One probe is scored by the C kernel `_f16dot` (every selected layer of a
 row block in one pass, two row streams per thread) or, without the extension, FAISS' SIMD dot
-(`fvec_inner_products_ny`, one stream per call): both stream at the machine's read bandwidth (~31-36 GB/s per
-two threads measured here, where single-threaded OpenBLAS GEMV reaches ~13 GB/s per core); batches use single-threaded BLAS GEMM (see
-`single_threaded_blas`), which reads each row once for all probes. Per-layer squared norms are kept
+(`fvec_inner_products_ny`, one stream per call): both stream at the machine's read bandwidth (~31-36 GB/s
+for two threads in its usual regime, where single-threaded OpenBLAS GEMV reaches ~13 GB/s per core);
+batches use single-threaded BLAS GEMM (see `single_threaded_blas`), which reads each row once for all probes. Per-layer squared norms are kept
 layer-major, so a subset's norms are a few contiguous adds. The best `k + rerank_extra` candidates of each
 probe are then re-scored in float64 directly from the stored vectors, so returned scores are exact.
 """
@@ -100,7 +100,8 @@ def single_threaded_blas() -> None:
 
 
 def _one_omp_thread() -> None:
-    """FAISS' OpenMP (heap selection of large batches) stays in the scan thread that calls it."""
+    """FAISS' OpenMP in this thread uses one thread: parallelism comes from our own threads (layers, row
+    ranges, shards). Two OpenMP threads per call on a busy 2-core box measured 7-10x slower (spin-waiting)."""
     faiss.omp_set_num_threads(1)
 
 
