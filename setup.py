@@ -6,9 +6,10 @@ build the optional C kernel `facekeys.store._f16dot`.
 (metadata, wheel, sdist, editable install), since setuptools checks that every mapped package folder
 exists before any build command runs. An sdist ships the generated files and no proto/ step reruns.
 
-`_f16dot` (server/facekeys/store/_f16dot.c: exact float16 dot products at memory bandwidth for the float16
-scans) is optional: without a C compiler or Python headers the install still succeeds, with a warning, and
-facekeys.store.ann falls back to its numpy + FAISS kernel (`facekeys.store.ann.F16_KERNEL` says which).
+`_f16dot` (server/facekeys/store/_f16dot.c: exact multi-layer dot products over float16 or float32 rows at
+memory bandwidth, for the float16 scans and the float32 one-probe scan) is optional: without a C compiler or
+Python headers the install still succeeds, with a warning, and the stores fall back to numpy + FAISS kernels
+(`facekeys.store.ann.F16_KERNEL`, `facekeys.store.vectors.F32_KERNEL` say which).
 """
 
 import sys
