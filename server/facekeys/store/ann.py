@@ -70,7 +70,8 @@ from facekeys.records import Filter
 
 from .config import StoreConfig
 from .rwlock import RWLock
-from .vectors import KeyAttrs, SearchResult, _Codes, _one_omp_thread, single_threaded_blas, smallest_k
+from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _one_omp_thread, single_threaded_blas,
+                      smallest_k)
 
 try:  # optional C kernel (setup.py builds it when it can); never compiled at import
     from . import _f16dot
@@ -288,7 +289,7 @@ def default_candidates(n: int, n_layers: int, kk: int, config: StoreConfig) -> i
     return int(max(kk, min(by_n, by_bytes, config.ann_max_candidates)))
 
 
-class AnnLayerIndex:
+class AnnLayerIndex(FilterColumns):
     """`VectorIndex` over float16 vectors: exact scans, or ANN candidates with an exact re-rank.
 
     ann=False gives the float16 variant of the exact mode (no segments, every search an exact scan).
@@ -436,17 +437,7 @@ class AnnLayerIndex:
 
     def _admitted(self, flt: Filter, n: int) -> np.ndarray:
         mask = self._alive[:n].copy()
-        if flt.empty:
-            return mask
-        if flt.camera_ids:
-            mask &= np.isin(self._camera[:n], self._cameras.lookup(flt.camera_ids))
-        if flt.identity_ids:
-            mask &= np.isin(self._identity[:n], self._identities.lookup(flt.identity_ids))
-        if flt.t_from:
-            mask &= self._t1[:n] >= flt.t_from
-        if flt.t_to:
-            mask &= self._t0[:n] <= flt.t_to
-        return mask
+        return mask if flt.empty else self._restrict(mask, flt, n)
 
     def _base_candidates(self, covered: int, n_layers: int, kk: int) -> int:
         """Default candidates per shard: config.ann_candidates when set, else sized from the covered rows."""

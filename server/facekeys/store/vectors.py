@@ -131,7 +131,24 @@ def exact_scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
     return np.divide(ip, denom, out=np.zeros_like(ip), where=denom > 0)
 
 
-class FlatLayerIndex:
+class FilterColumns:
+    """Mixin for indexes that keep the filter columns `_identity`, `_camera` (codes of `_identities`,
+    `_cameras`), `_t0`, `_t1` aligned with their rows."""
+
+    def _restrict(self, mask: np.ndarray, flt: Filter, n: int) -> np.ndarray:
+        """`mask` (n,) bool, narrowed in place to the rows `flt` admits."""
+        if flt.camera_ids:
+            mask &= np.isin(self._camera[:n], self._cameras.lookup(flt.camera_ids))
+        if flt.identity_ids:
+            mask &= np.isin(self._identity[:n], self._identities.lookup(flt.identity_ids))
+        if flt.t_from:
+            mask &= self._t1[:n] >= flt.t_from
+        if flt.t_to:
+            mask &= self._t0[:n] <= flt.t_to
+        return mask
+
+
+class FlatLayerIndex(FilterColumns):
     """Exact search: one `faiss.IndexFlatIP` of raw vectors per W+ layer, plus aligned columns."""
 
     mode = "exact"
@@ -239,17 +256,7 @@ class FlatLayerIndex:
         """Boolean mask of rows the filter admits, or None for all rows."""
         if flt.empty:
             return None
-        n = self._n
-        mask = np.ones(n, bool)
-        if flt.camera_ids:
-            mask &= np.isin(self._camera[:n], self._cameras.lookup(flt.camera_ids))
-        if flt.identity_ids:
-            mask &= np.isin(self._identity[:n], self._identities.lookup(flt.identity_ids))
-        if flt.t_from:
-            mask &= self._t1[:n] >= flt.t_from
-        if flt.t_to:
-            mask &= self._t0[:n] <= flt.t_to
-        return mask
+        return self._restrict(np.ones(self._n, bool), flt, self._n)
 
     def search(
         self, probes: np.ndarray, layers: tuple[int, ...], metric: str, k: int, flt: Filter
