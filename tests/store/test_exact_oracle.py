@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -158,3 +160,55 @@ def test_smallest_k_equals_sort_with_inf_nan_and_short_rows():
     assert pos.shape == (5, 4)
     shifted, _ = smallest_k(cost, 12, first=1000)  # positions numbered from `first`; padding stays -1
     np.testing.assert_array_equal(shifted, np.where(smallest_k(cost, 12)[0] >= 0, smallest_k(cost, 12)[0] + 1000, -1))
+
+
+def _anon_huge_kib(start: int, stop: int) -> int | None:
+    """AnonHugePages (KiB) of the mappings overlapping [start, stop), from /proc/self/smaps; None if unreadable.
+    (numpy advises the 2 MiB-aligned interior of a buffer, which the kernel splits into its own mapping.)"""
+    try:
+        lines = open("/proc/self/smaps").read().splitlines()
+    except OSError:
+        return None
+    total, inside = 0, False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo < stop and start < hi
+        elif inside and head == "AnonHugePages:":
+            total += int(line.split()[1])
+    return total
+
+
+def test_flat_index_grows_compacts_and_keeps_rows_on_huge_pages():
+    """Adds that outgrow the capacity several times, deletions that compact the rows, more adds: every layer's
+    rows stay exact (oracle), and the float32 rows sit on 2 MiB pages where the kernel offers them."""
+    from types import SimpleNamespace
+
+    from facekeys.store.vectors import FlatLayerIndex, KeyAttrs
+
+    idx = FlatLayerIndex(threads=2)
+    gallery = random_keys(3600, seed=21)
+    attrs = [KeyAttrs(f"id{i}", "cam", 0.0, 0.0) for i in range(len(gallery))]
+    bounds = [0, 1, 1001, 1700, 3200]  # crosses capacities 1024 and 2048
+    for a, b in zip(bounds, bounds[1:]):
+        idx.add(np.arange(a, b), gallery[a:b], attrs[a:b])
+    idx.remove(np.arange(0, 3200, 5))
+    idx.add(np.arange(3200, 3600), gallery[3200:], attrs[3200:])
+    alive = np.array([i for i in range(3600) if i >= 3200 or i % 5], np.int64)
+    assert len(idx) == len(alive)
+    probes = gallery[[3, 1500, 3500]] + 0.3 * random_keys(3, seed=22)
+    for layers in ("high:1", "high:4", "1,9,18", "all"):
+        sel = parse_layers(layers)
+        for metric in ("cosine", "l2"):
+            res = idx.search(probes, sel, metric, 10, Filter())
+            for i, probe in enumerate(probes):
+                hits = [SimpleNamespace(key_id=int(k), score=float(s)) for k, s in zip(res.ids[i], res.scores[i])]
+                want = dict(zip(alive.tolist(), oracle(gallery[alive], probe, sel, metric)))
+                assert_topk_matches_oracle(hits, want, 10, metric)
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() if sys.platform == "linux" else "[never]"
+    rows = idx._layer(0)
+    huge = _anon_huge_kib(rows.ctypes.data, rows.ctypes.data + rows.nbytes)
+    if "[never]" in thp or huge is None:
+        pytest.skip(f"transparent huge pages unavailable here ({thp.strip()})")
+    assert huge >= 2048, "the float32 rows should be on 2 MiB pages (numpy advises them; THP madvise or always)"

@@ -15,7 +15,7 @@ GiB = 1 << 30
 class StoreConfig:
     map_size: int = 64 * GiB  # LMDB map size in bytes (sparse: disk is used as keys arrive); ~37 KB per key
     durable: bool = True  # fsync every commit; an Enroll is acknowledged only after it is on disk
-    index_mode: str = "exact"  # "exact": scan every key (flat FAISS indexes); "ann": compressed per-layer candidates
+    index_mode: str = "exact"  # "exact": scan every key (flat per-layer rows); "ann": compressed per-layer candidates
     #                            + exact re-rank from float16 vectors (store/ann.py); both return exact scores
     vector_dtype: str = "float32"  # exact mode only: "float32" (in RAM) or "float16" (memory-mapped files, half
     #                                the bytes per scan; ann always keeps float16)

@@ -2,9 +2,9 @@
 
 `VectorIndex` is everything the engine asks of its vector storage: add keys with the few scalar
 attributes searches filter on, remove keys, search a layer subset. The default implementation keeps one
-FAISS flat index per W+ layer in this process. A distributed vector database (e.g. Milvus with one vector
-field per layer and scalar fields for the filters) can implement the same protocol without the engine,
-the server or the indexer changing.
+flat float32 row store per W+ layer in this process, scored by FAISS' flat kernels or the C kernel. A
+distributed vector database (e.g. Milvus with one vector field per layer and scalar fields for the filters)
+can implement the same protocol without the engine, the server or the indexer changing.
 
 Exact search over a layer subset S (paper: the concatenation of the selected layers):
     <q_S, x_S>      = sum_{l in S} <q_l, x_l>            (one inner-product scan per layer index)
@@ -149,12 +149,19 @@ class FilterColumns:
 
 
 class FlatLayerIndex(FilterColumns):
-    """Exact search: one `faiss.IndexFlatIP` of raw vectors per W+ layer, plus aligned columns."""
+    """Exact search: the raw float32 vectors of each W+ layer, flat, plus aligned columns.
+
+    Each layer is one contiguous (capacity, 512) row block of a numpy array, the layout of a FAISS flat index's
+    storage, scored by FAISS' flat inner-product kernel (`fvec_inner_products_ny`) or the C kernel and ranked by
+    FAISS' heap selection. The array is numpy's rather than an `IndexFlatIP`'s own `std::vector` because numpy
+    puts large buffers on 2 MiB transparent huge pages (THP is madvise-only on these hosts, FAISS never advises):
+    the same kernel over the same rows streamed 33-50 GB/s from an IndexFlatIP's 4 KiB pages and 57-60 GB/s from
+    huge pages (benchmarks/RESULTS.md section 1); rows are appended in place instead of through a reallocating
+    vector."""
 
     mode = "exact"
 
     def __init__(self, rerank_extra: int = 16, threads: int = 0):
-        self._layers = [faiss.IndexFlatIP(DIM) for _ in range(N_LAYERS)]
         self._rerank_extra = rerank_extra
         # row blocks scanned in parallel, BLAS itself kept to one thread; 0 = one per core, at most 8
         self._threads = threads or min(8, os.cpu_count() or 1)
@@ -166,6 +173,7 @@ class FlatLayerIndex(FilterColumns):
         self._n = 0
         cap = 1024
         self._ids = np.zeros(cap, np.int64)
+        self._vectors = np.zeros((N_LAYERS, cap, DIM), np.float32)  # layer-major: rows of a layer are contiguous
         self._norm2 = np.zeros((N_LAYERS, cap), np.float32)  # per-layer squared norms, layer-major
         self._identity = np.zeros(cap, np.int32)
         self._camera = np.zeros(cap, np.int32)
@@ -176,7 +184,8 @@ class FlatLayerIndex(FilterColumns):
         self._cameras = _Codes()
 
     # -- mutation ---------------------------------------------------------------------------------
-    _COLUMNS = ("_ids", "_identity", "_camera", "_t0", "_t1")  # (cap,) each; _norm2 is (18, cap)
+    _COLUMNS = ("_ids", "_identity", "_camera", "_t0", "_t1")  # (cap,) each
+    _LAYER_MAJOR = ("_norm2", "_vectors")  # (18, cap) and (18, cap, 512)
 
     def _reserve(self, n: int) -> None:
         cap = len(self._ids)
@@ -189,9 +198,11 @@ class FlatLayerIndex(FilterColumns):
             new = np.zeros(cap, old.dtype)
             new[: self._n] = old[: self._n]
             setattr(self, name, new)
-        norm2 = np.zeros((N_LAYERS, cap), np.float32)
-        norm2[:, : self._n] = self._norm2[:, : self._n]
-        self._norm2 = norm2
+        for name in self._LAYER_MAJOR:  # np.empty: pages are touched (and cost memory) only as rows arrive
+            old = getattr(self, name)
+            new = np.empty((N_LAYERS, cap) + old.shape[2:], old.dtype)
+            new[:, : self._n] = old[:, : self._n]
+            setattr(self, name, new)
 
     def add(self, ids: np.ndarray, latents: np.ndarray, attrs: Sequence[KeyAttrs]) -> None:
         ids = np.asarray(ids, np.int64)
@@ -204,9 +215,8 @@ class FlatLayerIndex(FilterColumns):
                 raise InvalidArgument(f"add: key ids already indexed: {dup[:5]}")
             n = self._n
             self._reserve(n + m)
-            for layer, index in enumerate(self._layers):
-                index.add(np.ascontiguousarray(latents[:, layer, :]))
             s = slice(n, n + m)
+            self._vectors[:, s] = latents.transpose(1, 0, 2)
             self._ids[s] = ids
             self._norm2[:, s] = np.einsum("nld,nld->ln", latents, latents)
             self._identity[s] = [self._identities.code(a.identity_id) for a in attrs]
@@ -222,16 +232,16 @@ class FlatLayerIndex(FilterColumns):
             positions = np.array(sorted({self._pos[int(i)] for i in ids if int(i) in self._pos}), np.int64)
             if len(positions) == 0:
                 return 0
-            selector = faiss.IDSelectorBatch(positions)  # flat indexes: ids are positions
-            for index in self._layers:
-                index.remove_ids(selector)  # order-preserving compaction
             keep = np.ones(self._n, bool)
             keep[positions] = False
             new_n = int(keep.sum())
-            for name in self._COLUMNS:
+            for name in self._COLUMNS:  # order-preserving compaction
                 col = getattr(self, name)
                 col[:new_n] = col[: self._n][keep]
-            self._norm2[:, :new_n] = self._norm2[:, : self._n][:, keep]
+            for name in self._LAYER_MAJOR:
+                arr = getattr(self, name)
+                for layer in range(N_LAYERS):
+                    arr[layer, :new_n] = arr[layer, : self._n][keep]
             self._n = new_n
             self._pos = {int(k): p for p, k in enumerate(self._ids[:new_n])}
             return len(positions)
@@ -249,8 +259,8 @@ class FlatLayerIndex(FilterColumns):
         return self._n * per_row
 
     def _layer(self, layer: int) -> np.ndarray:
-        """Zero-copy (n, 512) view of a layer's stored vectors; valid while the read lock is held."""
-        return faiss.rev_swig_ptr(self._layers[layer].get_xb(), self._n * DIM).reshape(self._n, DIM)
+        """Zero-copy (n, 512) C-contiguous view of a layer's stored vectors; valid while the read lock is held."""
+        return self._vectors[layer, : self._n]
 
     def _admitted(self, flt: Filter) -> np.ndarray | None:
         """Boolean mask of rows the filter admits, or None for all rows."""
