@@ -110,14 +110,15 @@ def test_filters_equal_oracle_on_subset(store_factory, metric):
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_one_probe_path_after_deletes_equals_oracle(store_factory, monkeypatch, metric, kernel):
     """A single probe takes the one-probe scan (the C kernel, or FAISS' SIMD dot without it; not BLAS):
-    chunked, after deletions compacted the rows, and with an all-zero key (cosine scores it 0, never NaN)."""
+    shared out between the scan threads, after deletions compacted the rows, and with an all-zero key (cosine
+    scores it 0, never NaN)."""
     from facekeys.store import vectors
 
     if kernel == "c" and vectors._f16dot is None:
         pytest.skip("C kernel not built (pip install -e . builds it)")
     if kernel == "faiss":
         monkeypatch.setattr(vectors, "_f16dot", None)
-    monkeypatch.setattr(vectors, "SCAN_CHUNK", 96)
+    monkeypatch.setattr(vectors, "MIN_JOB_BYTES", 1)  # every scan thread takes a share, however small
     store = store_factory()
     gallery = random_keys(700, seed=11)
     gallery[5] = 0.0

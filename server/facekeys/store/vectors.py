@@ -288,51 +288,37 @@ class FlatLayerIndex(FilterColumns):
             cand = self._scan(views, q_all, qn2, layers, metric, kk, n, mask, searched)  # (Q, kk) rows
             return self._rerank(views, q_all, metric, k, cand, searched)
 
-    def _blocks(self, n: int, mask: np.ndarray | None, searched: int, min_rows: int = 1):
-        """Row blocks to score, of equal size, one per scan thread or more (at most SCAN_CHUNK rows each; fewer
-        blocks than threads when a thread's share would be under `min_rows`): (rows, valid) where rows is a
-        slice (no copy) or an index array, and valid masks excluded rows (None: all valid)."""
+    def _blocks(self, n: int, mask: np.ndarray | None, searched: int):
+        """Row blocks to score, of equal size, one per scan thread or more (at most SCAN_CHUNK rows each):
+        (rows, valid) where rows is a slice (no copy) or an index array, and valid masks excluded rows (None:
+        all valid)."""
         if mask is not None and searched < GATHER_BELOW * n:
             rows = np.flatnonzero(mask)
             step = min(SCAN_CHUNK, -(-len(rows) // self._threads))
             return [(rows[s : s + step], None) for s in range(0, len(rows), step)]
-        jobs = max(1, min(self._threads, n // max(1, min_rows)))
-        step = min(SCAN_CHUNK, -(-n // jobs))
+        step = min(SCAN_CHUNK, -(-n // self._threads))
         return [(slice(s, min(n, s + step)), None if mask is None else mask[s : min(n, s + step)])
                 for s in range(0, n, step)]
 
     def _scan(self, views, q_all, qn2, layers, metric, kk, n, mask, searched) -> np.ndarray:
         """Approximate-order candidates (Q, kk) by row number: the best kk of every block, merged."""
-        one_probe = len(q_all) == 1
-        if one_probe:
-            qs = np.ascontiguousarray(q_all[0])  # (|S|, 512)
-        else:
-            qs = [np.ascontiguousarray(q_all[:, j, :].T) for j in range(len(layers))]  # (512, Q) each
+        gather = mask is not None and searched < GATHER_BELOW * n
+        if len(q_all) == 1 and not gather:
+            return self._scan_one(views, q_all[0], layers, metric, kk, n, mask)
+        qs = [np.ascontiguousarray(q_all[:, j, :].T) for j in range(len(layers))]  # (512, Q) each
         norm2 = [self._norm2[layer] for layer in layers]  # (n,) views, one per selected layer
 
-        def block(job):  # runs in a scan thread; numpy and FAISS release the GIL in the products
+        def block(job):  # runs in a scan thread; numpy releases the GIL in the products
             rows, valid = job
-            if one_probe and isinstance(rows, slice):
-                ip = _dot_one(views, qs, rows)  # (1, rows)
-            elif one_probe:
-                ip = sum(q[None] @ view[rows].T for view, q in zip(views, qs))  # (1, rows)
+            if len(q_all) == 1:  # gathered rows of one probe
+                ip = sum(q.T @ view[rows].T for view, q in zip(views, qs))  # (1, rows)
             else:
                 ip = None
                 for view, q in zip(views, qs):
                     part = view[rows] @ q  # (rows, Q): BLAS' fastest layout here
                     ip = part if ip is None else np.add(ip, part, out=ip)
                 ip = np.ascontiguousarray(ip.T)  # (Q, rows), once per block
-            xn2 = norm2[0][rows].copy()  # (rows,)
-            for col in norm2[1:]:
-                xn2 += col[rows]
-            if metric == "l2":
-                cost = np.subtract(xn2, np.multiply(ip, 2.0, out=ip), out=ip)  # + ||q||^2, constant per probe
-            else:
-                np.sqrt(xn2, out=xn2)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cost = np.divide(ip, xn2, out=ip)  # / ||q||, constant per probe
-                np.negative(cost, out=cost)
-                cost[:, xn2 == 0] = 0.0  # zero-norm keys score 0
+            cost = _costs(ip, norm2, rows, metric)
             if valid is not None:
                 cost[:, ~valid] = np.inf
             if isinstance(rows, slice):
@@ -342,8 +328,7 @@ class FlatLayerIndex(FilterColumns):
                 found = np.where(pos >= 0, rows[pos], -1)
             return found, np.where(found >= 0, best, np.inf)
 
-        min_rows = -(-MIN_JOB_BYTES // (len(layers) * DIM * 4)) if one_probe else 1
-        jobs = self._blocks(n, mask, searched, min_rows)
+        jobs = self._blocks(n, mask, searched)
         parts = list(self._pool.map(block, jobs)) if len(jobs) > 1 else [block(jobs[0])]
         best_rows = np.concatenate([r for r, _ in parts], axis=1)
         best_cost = np.concatenate([c for _, c in parts], axis=1)
@@ -354,13 +339,32 @@ class FlatLayerIndex(FilterColumns):
         # drop masked-out rows that filled the list when fewer than kk rows were admitted
         return np.where(np.isfinite(best_cost), best_rows, -1)
 
+    def _scan_one(self, views, q, layers, metric, kk, n, mask) -> np.ndarray:
+        """One probe q (|S|, 512) over all rows: the scan threads (this one included) each fill their equal share
+        of one inner-product vector, then this thread turns it into costs and selects once. (Per-thread costs
+        and selection took ~0.4 ms more at 10k keys: thread hand-offs and the GIL, against a 0.3 ms read.)"""
+        q = np.ascontiguousarray(q)
+        ip = np.empty((1, n), np.float32)
+        jobs = max(1, min(self._threads, n // -(-MIN_JOB_BYTES // (len(layers) * DIM * 4))))
+        step = -(-n // jobs)
+        shares = [slice(s, min(n, s + step)) for s in range(0, n, step)]
+        pending = [self._pool.submit(_dot_one, ip[0, r], views, q, r) for r in shares[1:]]
+        _dot_one(ip[0, shares[0]], views, q, shares[0])
+        for f in pending:
+            f.result()
+        cost = _costs(ip, [self._norm2[layer] for layer in layers], slice(0, n), metric)
+        if mask is not None:
+            cost[:, ~mask] = np.inf
+        found, best = smallest_k(cost, kk)
+        return np.where(np.isfinite(best), found, -1)
+
     def _rerank(self, views, q_all, metric, k, cand, searched) -> SearchResult:
         nq = len(q_all)
         kout = min(k, searched)
         ids = np.full((nq, kout), -1, np.int64)
         scores = np.zeros((nq, kout), np.float64)
         for i in range(nq):
-            rows = np.unique(cand[i][cand[i] >= 0])
+            rows = cand[i][cand[i] >= 0]  # distinct: every block contributes its own rows
             x = np.stack([v[rows] for v in views], axis=1)  # (m, |S|, 512)
             s = exact_scores(q_all[i], x, metric)
             key_ids = self._ids[rows]
@@ -371,22 +375,34 @@ class FlatLayerIndex(FilterColumns):
         return SearchResult(ids, scores, searched)
 
 
-def _dot_one(views: Sequence[np.ndarray], q: np.ndarray, rows: slice) -> np.ndarray:
-    """(1, rows) float32 sum over the selected layers of <q_l, x_l> for one probe.
+def _costs(ip: np.ndarray, norm2: Sequence[np.ndarray], rows, metric: str) -> np.ndarray:
+    """Costs (smaller is better), in place of `ip` (Q, m) float32, of the given rows: l2 = ||x||^2 - 2<q, x>
+    (+ ||q||^2, constant per probe); cosine = -<q, x> / ||x|| (/ ||q||, constant per probe), 0 for zero-norm
+    keys. norm2: per selected layer, the (n,) squared norms."""
+    xn2 = norm2[0][rows].copy()  # (m,)
+    for col in norm2[1:]:
+        xn2 += col[rows]
+    if metric == "l2":
+        return np.subtract(xn2, np.multiply(ip, 2.0, out=ip), out=ip)
+    np.sqrt(xn2, out=xn2)
+    np.divide(ip, xn2, out=ip, where=xn2 > 0)  # a zero-norm key has <q, x> = 0: it keeps 0
+    return np.negative(ip, out=ip)
+
+
+def _dot_one(out: np.ndarray, views: Sequence[np.ndarray], q: np.ndarray, rows: slice) -> None:
+    """out (m,) float32 = sum over the selected layers of <q_l, x_l> for rows `rows` of one probe.
 
     views: (n, 512) C-contiguous float32 per selected layer; q: (|S|, 512) float32."""
-    m = rows.stop - rows.start
-    acc = np.empty(m, np.float32)
     if _f16dot is not None:
-        _f16dot.dot(acc, q, views, rows.start, rows.stop)
-        return acc[None, :]
-    tmp = np.empty(m, np.float32) if len(views) > 1 else acc
+        _f16dot.dot(out, q, views, rows.start, rows.stop)
+        return
+    m = rows.stop - rows.start
+    tmp = np.empty(m, np.float32) if len(views) > 1 else out
     for j, view in enumerate(views):
-        dst = acc if j == 0 else tmp
+        dst = out if j == 0 else tmp
         faiss.fvec_inner_products_ny(faiss.swig_ptr(dst), faiss.swig_ptr(q[j]), faiss.swig_ptr(view[rows]), DIM, m)
         if j:
-            acc += tmp
-    return acc[None, :]
+            out += tmp
 
 
 def smallest_k(cost: np.ndarray, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
