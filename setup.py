@@ -67,6 +67,7 @@ F16DOT = Extension(
     "facekeys.store._f16dot",
     sources=["server/facekeys/store/_f16dot.c"],
     extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c11"],
+    libraries=[] if sys.platform == "win32" else ["m"],  # sqrtf
     optional=True,
 )
 

@@ -3,9 +3,11 @@ bandwidth bound, and durable Enroll throughput over gRPC streaming.
 
 Columns: "engine" = KeyStore.match (validation, scan, float64 re-rank, LMDB metadata of the hits); "scan" = the
 VectorIndex search alone (scan + re-rank, no LMDB); "bound" = bytes scanned / the best read bandwidth measured
-at the start of the run; "now" = the same against the best two-thread read (numpy sum, FAISS dot) re-measured
-just before and just after the case (the host's memory is shared: its bandwidth moves by up to 1.5x between
-minutes, 29-57 GB/s seen on 2026-11-26).
+at the start of the run; "paired" = the median, over the repeats, of the scan's time divided by the time the
+fastest plain reader (FAISS' SIMD dot in two threads over a numpy buffer of the same number of bytes) takes just
+after it: the host's memory is shared and its bandwidth moves by up to 2x between minutes (29-63 GB/s seen on
+2026-11-26), so a bound measured once, or even minutes apart, mixes regimes; pairing each scan with a read of the
+same bytes at the same moment does not.
 
     python benchmarks/bench_keystore.py --sizes 10000 100000 --out benchmarks/results/keystore.md
 
@@ -21,6 +23,7 @@ import platform
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +42,10 @@ def blas_threads(n: int):
     return ThreadpoolController().limit(limits=n, user_api="blas")
 
 
-def memory_bandwidth(gib: float = 1.0, repeats: int = 5, methods: str = "all") -> float:
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     """Best read bandwidth (bytes/s) over several read kernels, each streaming a `gib` buffer: a one-thread and a
-    two-thread numpy sum, FAISS' SIMD dot in two threads (the fastest reader measured here), and a BLAS GEMV
-    (methods="all"); or the two two-thread readers alone (methods="quick", re-measured beside each case).
-    The host's memory is shared with other machines: the figure moves by up to 1.5x between minutes."""
+    two-thread numpy sum, FAISS' SIMD dot in two threads (the fastest reader measured here), and a BLAS GEMV.
+    The host's memory is shared with other machines: the figure moves by up to 2x between minutes."""
     import faiss
 
     a = np.ones(int(gib * (1 << 30)) // 4, np.float32)
@@ -63,8 +65,8 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5, methods: str = "all") -
         faiss.fvec_inner_products_ny(faiss.swig_ptr(out[h]), faiss.swig_ptr(v), faiss.swig_ptr(rows[h]), 1024,
                                      h.stop - h.start)
 
-    quick = (lambda: in_two_threads(lambda h: np.add.reduce(rows[h], axis=None)), lambda: in_two_threads(dot))
-    fns = quick if methods == "quick" else quick + (lambda: np.add.reduce(a), lambda: rows @ v)
+    fns = (lambda: in_two_threads(lambda h: np.add.reduce(rows[h], axis=None)), lambda: in_two_threads(dot),
+           lambda: np.add.reduce(a), lambda: rows @ v)
     best = 0.0
     for fn in fns:
         fn()
@@ -73,6 +75,49 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5, methods: str = "all") -
             fn()
             best = max(best, a.nbytes / (time.perf_counter() - t))
     return best
+
+
+class PairedReader:
+    """Reads `nbytes` of one preallocated numpy buffer (2 MiB pages, as numpy advises) with FAISS' SIMD dot split
+    over two threads, this one and one pool thread: the fastest plain reader measured on this machine."""
+
+    def __init__(self, max_bytes: int):
+        import faiss
+
+        self._faiss = faiss
+        self.rows = np.ones((-(-max_bytes // 4096), 1024), np.float32)  # written once: faulted in
+        self.v = np.ones(1024, np.float32)
+        self.out = np.empty(len(self.rows), np.float32)
+        self.pool = ThreadPoolExecutor(1)
+
+    def _dot(self, h: slice) -> None:
+        f = self._faiss
+        f.fvec_inner_products_ny(f.swig_ptr(self.out[h]), f.swig_ptr(self.v), f.swig_ptr(self.rows[h]), 1024,
+                                 h.stop - h.start)
+
+    def read(self, nbytes: int) -> float:
+        """Seconds to read the first nbytes."""
+        m = -(-nbytes // 4096)
+        t = time.perf_counter()
+        other = self.pool.submit(self._dot, slice(m // 2, m))
+        self._dot(slice(0, m // 2))
+        other.result()
+        return time.perf_counter() - t
+
+
+def paired(fn, reader: PairedReader, nbytes: int, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median of fn's time / the reader's time for the same bytes right after; and the reader's median GB/s."""
+    for _ in range(warmup):
+        fn()
+        reader.read(nbytes)
+    ratios, reads = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        reads.append(reader.read(nbytes))
+        ratios.append(dt / reads[-1])
+    return float(np.median(ratios)), nbytes / float(np.median(reads)) / 1e9
 
 
 def timed(fn, warmup: int, repeats: int) -> np.ndarray:
@@ -118,11 +163,12 @@ def build_store(path: Path, n: int, seed: int = 0):
 
 def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
     lines += ["", "| N | layers | metric | batch | engine p50 ms | engine p99 ms | numpy p50 ms | engine/numpy "
-              "| bytes scanned | bound ms | p50/bound | scan p50 ms | scan/bound | bandwidth now GB/s | scan/bound now |",
+              "| bytes scanned | bound ms | p50/bound | scan p50 ms | scan/bound | paired read GB/s | scan/paired read |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in sizes:
         store, x = build_store(Path(workdir) / f"n{n}", n)
         index = store._indexes["bench"]  # the VectorIndex itself: the scan + exact re-rank, no LMDB metadata
+        reader = PairedReader(n * N_LAYERS * DIM * 4)
         rng = np.random.default_rng(1)
         probes = x[rng.integers(0, n, 64)] + 0.1 * rng.standard_normal((64, N_LAYERS, DIM), dtype=np.float32)
         for subset in SUBSETS:
@@ -132,24 +178,23 @@ def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
                     q = probes[:batch]
                     reps = repeats if batch == 1 else max(3, repeats // 4)
                     query = MatchQuery(probes=q, encoder_id="bench", layers=layers, metric=metric, top_k=10)
-                    now = memory_bandwidth(0.5, 3, "quick") if batch == 1 else 0.0
+                    scanned = n * len(layers) * DIM * 4
                     eng = timed(lambda: store.match(query), warmup, reps)
-                    scan = timed(lambda: index.search(q, layers, metric, 10, Filter()), warmup, reps)
-                    if batch == 1:  # the best of just before and just after the case
-                        now = max(now, memory_bandwidth(0.5, 3, "quick"))
+                    search = lambda: index.search(q, layers, metric, 10, Filter())  # noqa: E731
+                    scan = timed(search, warmup, reps)
+                    pair = paired(search, reader, scanned, warmup, reps) if batch == 1 else None
                     with blas_threads(os.cpu_count()):  # the baseline gets numpy's usual threaded BLAS
                         base = timed(lambda: numpy_scan(x, q, layers, metric, 10), warmup, reps)
-                    scanned = n * len(layers) * DIM * 4
                     bound = scanned / bandwidth
                     p50, p99, s50 = np.median(eng), np.percentile(eng, 99), np.median(scan)
-                    now_cols = f"{now / 1e9:.1f} | {s50 / (scanned / now):.2f}" if now else "- | -"
+                    now_cols = f"{pair[1]:.1f} | {pair[0]:.2f}" if pair else "- | -"
                     lines.append(
                         f"| {n:,} | {subset} | {metric} | {batch} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | "
                         f"{np.median(base) * 1e3:.2f} | {p50 / np.median(base):.2f} | {scanned / 1e6:.0f} MB | "
                         f"{bound * 1e3:.2f} | {p50 / bound:.2f} | {s50 * 1e3:.2f} | {s50 / bound:.2f} | {now_cols} |")
                     print(lines[-1], flush=True)
         store.close()
-        del x
+        del x, reader
 
 
 def bench_enroll(workdir, n_keys, batch_sizes, lines):
@@ -190,7 +235,8 @@ def main():
     print(lines[0], flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         bench_match(args.sizes, args.repeats, args.warmup, bw, tmp, lines)
-        bench_enroll(tmp, args.enroll_keys, args.enroll_batches, lines)
+        if args.enroll_keys:
+            bench_enroll(tmp, args.enroll_keys, args.enroll_batches, lines)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines) + "\n")

@@ -16,12 +16,18 @@
  * released during the scan. Kernels: "avx512" (AVX-512F), "avx2" (AVX2 + FMA + F16C), "scalar" (portable C),
  * chosen at import from CPUID (and the OS's register-state support); nothing is compiled at import.
  *
+ * dot(out, q, layers, start, stop, norms=N, metric="l2" | "cosine")   one probe, a row range: out is turned into
+ *           the scan's costs (smaller is better) in the same pass, x2 = sum_l N[l][row] (N: L float32 (rows,)
+ *           arrays of per-layer squared norms): "l2" -> x2 - 2 ip; "cosine" -> -ip / sqrt(x2), 0 where x2 is 0
+ *           (float32, the same operations numpy's path applies, so the same values).
+ *
  * kernels() -> tuple of the kernels this CPU can run, best first; KERNEL: the one dot() uses by default.
  * dot(..., kernel="scalar") forces one of them (tests compare them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -49,6 +55,18 @@ typedef struct {
 static inline const void *row_ptr(const job_t *j, int l, int64_t i) {
     int64_t r = j->idx ? j->idx[i] : j->start + i;
     return j->x[l] + r * (int64_t)j->dim * j->esize;
+}
+
+/* out[i] (an inner product) -> its cost, rows start..start+m-1; metric 1 = l2, 2 = cosine */
+static void costs(float *out, int64_t m, const float **norms, int L, int64_t start, int metric) {
+    for (int64_t i = 0; i < m; i++) {
+        float x2 = norms[0][start + i];
+        for (int l = 1; l < L; l++) x2 += norms[l][start + i];
+        if (metric == 1)
+            out[i] = x2 - out[i] * 2.0f;
+        else
+            out[i] = x2 > 0.0f ? -(out[i] / sqrtf(x2)) : -out[i]; /* a zero-norm key has ip 0: cost 0 */
+    }
 }
 
 /* -- portable scalar kernel ------------------------------------------------------------------------------ */
@@ -265,14 +283,20 @@ static int fmt_is(const Py_buffer *v, char c) {
 }
 
 static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"out", "q", "layers", "start", "stop", "kernel", "block", NULL};
-    PyObject *out_o, *q_o, *layers_o, *start_o, *stop_o = Py_None;
-    const char *kname = NULL;
+    static char *kwlist[] = {"out", "q", "layers", "start", "stop", "kernel", "block", "norms", "metric", NULL};
+    PyObject *out_o, *q_o, *layers_o, *start_o, *stop_o = Py_None, *norms_o = Py_None;
+    const char *kname = NULL, *mname = NULL;
     Py_ssize_t block = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|Ozn:dot", kwlist, &out_o, &q_o, &layers_o, &start_o, &stop_o,
-                                     &kname, &block))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OznOz:dot", kwlist, &out_o, &q_o, &layers_o, &start_o, &stop_o,
+                                     &kname, &block, &norms_o, &mname))
         return NULL;
     if (block < 0) return PyErr_Format(PyExc_ValueError, "block must be >= 0 (0: the default)");
+    int metric = 0;
+    if (mname && strcmp(mname, "l2") == 0) metric = 1;
+    else if (mname && strcmp(mname, "cosine") == 0) metric = 2;
+    else if (mname) return PyErr_Format(PyExc_ValueError, "metric must be 'l2' or 'cosine', got '%s'", mname);
+    if ((norms_o == Py_None) != (metric == 0))
+        return PyErr_Format(PyExc_ValueError, "norms and metric go together");
     const kernel_t *k = &KERNELS[0];
     if (kname) {
         k = NULL;
@@ -281,10 +305,11 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
         if (!k) return PyErr_Format(PyExc_ValueError, "kernel %s is not available on this CPU", kname);
     }
     Py_buffer outb = {0}, qb = {0}, rowsb = {0};
-    Py_buffer *xb = NULL;
+    Py_buffer *xb = NULL, *nb = NULL;
     const char **xp = NULL;
-    PyObject *seq = NULL, *ret = NULL;
-    Py_ssize_t L = 0, got = 0;
+    const float **np_ = NULL;
+    PyObject *seq = NULL, *nseq = NULL, *ret = NULL;
+    Py_ssize_t L = 0, got = 0, ngot = 0;
     int have_rows = 0;
     job_t j;
     memset(&j, 0, sizeof j);
@@ -361,6 +386,32 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "out holds %zd floats, %lld needed", outb.len / 4, (long long)(nq * m));
         goto done;
     }
+    if (metric) {
+        if (have_rows || nq != 1) {
+            PyErr_SetString(PyExc_ValueError, "norms/metric: one probe (q (L, dim)) over a row range only");
+            goto done;
+        }
+        nseq = PySequence_Fast(norms_o, "norms must be a sequence of float32 arrays");
+        if (!nseq) goto done;
+        if (PySequence_Fast_GET_SIZE(nseq) != L) {
+            PyErr_Format(PyExc_ValueError, "norms has %zd arrays, q has %zd layers", PySequence_Fast_GET_SIZE(nseq), L);
+            goto done;
+        }
+        nb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
+        np_ = PyMem_Calloc((size_t)L, sizeof(*np_));
+        if (!nb || !np_) { PyErr_NoMemory(); goto done; }
+        for (ngot = 0; ngot < L; ngot++) {
+            Py_buffer *v = &nb[ngot];
+            if (get_buf(PySequence_Fast_GET_ITEM(nseq, ngot), v, 0, "norms[i]") < 0) goto done;
+            if (!fmt_is(v, 'f') || v->ndim != 1 || v->shape[0] < start + m) {
+                ngot++;
+                PyErr_Format(PyExc_ValueError, "norms[%zd] must be 1-D float32 with at least %lld values", ngot - 1,
+                             (long long)(start + m));
+                goto done;
+            }
+            np_[ngot] = (const float *)v->buf;
+        }
+    }
     if (dim % k->width) k = &KERNELS[N_KERNELS - 1]; /* scalar: any dim */
     j.out = (float *)outb.buf;
     j.q = (const float *)qb.buf;
@@ -375,6 +426,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     if (m > 0) {
         Py_BEGIN_ALLOW_THREADS
         (etype == 'f' ? k->fn_f32 : k->fn)(&j);
+        if (metric) costs(j.out, m, np_, (int)L, start, metric);
         Py_END_ALLOW_THREADS
     }
     ret = Py_NewRef(Py_None);
@@ -385,6 +437,12 @@ done:
     PyMem_Free(xb);
     PyMem_Free((void *)xp);
     Py_XDECREF(seq);
+    if (nb)
+        for (Py_ssize_t i = 0; i < ngot; i++)
+            if (nb[i].obj) PyBuffer_Release(&nb[i]);
+    PyMem_Free(nb);
+    PyMem_Free((void *)np_);
+    Py_XDECREF(nseq);
     if (have_rows) PyBuffer_Release(&rowsb);
     if (qb.obj) PyBuffer_Release(&qb);
     if (outb.obj) PyBuffer_Release(&outb);
@@ -405,7 +463,8 @@ static PyObject *py_kernels(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"dot", (PyCFunction)(void (*)(void))py_dot, METH_VARARGS | METH_KEYWORDS,
      "dot(out, q, layers, start, stop, kernel=None) or dot(out, q, layers, rows, kernel=None): out[p, i] = "
-     "sum over layers l of <q[p, l], row i of layers[l]> (float16 or float32 rows), float32; releases the GIL."},
+     "sum over layers l of <q[p, l], row i of layers[l]> (float16 or float32 rows), float32; releases the GIL. "
+     "norms=, metric='l2'|'cosine' (one probe, a row range): out holds the scan's costs instead."},
     {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
     {NULL, NULL, 0, NULL}};
 

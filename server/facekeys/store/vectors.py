@@ -344,15 +344,15 @@ class FlatLayerIndex(FilterColumns):
         of one inner-product vector, then this thread turns it into costs and selects once. (Per-thread costs
         and selection took ~0.4 ms more at 10k keys: thread hand-offs and the GIL, against a 0.3 ms read.)"""
         q = np.ascontiguousarray(q)
-        ip = np.empty((1, n), np.float32)
+        norm2 = [self._norm2[layer] for layer in layers]  # (cap,) views, one per selected layer
+        cost = np.empty((1, n), np.float32)
         jobs = max(1, min(self._threads, n // -(-MIN_JOB_BYTES // (len(layers) * DIM * 4))))
         step = -(-n // jobs)
         shares = [slice(s, min(n, s + step)) for s in range(0, n, step)]
-        pending = [self._pool.submit(_dot_one, ip[0, r], views, q, r) for r in shares[1:]]
-        _dot_one(ip[0, shares[0]], views, q, shares[0])
+        pending = [self._pool.submit(_costs_one, cost[0, r], views, q, r, norm2, metric) for r in shares[1:]]
+        _costs_one(cost[0, shares[0]], views, q, shares[0], norm2, metric)
         for f in pending:
             f.result()
-        cost = _costs(ip, [self._norm2[layer] for layer in layers], slice(0, n), metric)
         if mask is not None:
             cost[:, ~mask] = np.inf
         found, best = smallest_k(cost, kk)
@@ -389,12 +389,14 @@ def _costs(ip: np.ndarray, norm2: Sequence[np.ndarray], rows, metric: str) -> np
     return np.negative(ip, out=ip)
 
 
-def _dot_one(out: np.ndarray, views: Sequence[np.ndarray], q: np.ndarray, rows: slice) -> None:
-    """out (m,) float32 = sum over the selected layers of <q_l, x_l> for rows `rows` of one probe.
+def _costs_one(out: np.ndarray, views: Sequence[np.ndarray], q: np.ndarray, rows: slice,
+               norm2: Sequence[np.ndarray], metric: str) -> None:
+    """out (m,) float32 = the costs (`_costs`) of rows `rows` for one probe: the C kernel reads every selected
+    layer in one pass and forms the costs as it goes; else FAISS' SIMD dot per layer, then `_costs`.
 
     views: (n, 512) C-contiguous float32 per selected layer; q: (|S|, 512) float32."""
     if _f16dot is not None:
-        _f16dot.dot(out, q, views, rows.start, rows.stop)
+        _f16dot.dot(out, q, views, rows.start, rows.stop, norms=norm2, metric=metric)
         return
     m = rows.stop - rows.start
     tmp = np.empty(m, np.float32) if len(views) > 1 else out
@@ -403,6 +405,7 @@ def _dot_one(out: np.ndarray, views: Sequence[np.ndarray], q: np.ndarray, rows: 
         faiss.fvec_inner_products_ny(faiss.swig_ptr(dst), faiss.swig_ptr(q[j]), faiss.swig_ptr(view[rows]), DIM, m)
         if j:
             out += tmp
+    _costs(out[None], norm2, rows, metric)
 
 
 def smallest_k(cost: np.ndarray, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
