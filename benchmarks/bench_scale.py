@@ -12,7 +12,8 @@ Measured, per N: build (add + background train/merge done synchronously), RSS (a
 bytes per key, start-up from snapshot; Match p50/p99 for one probe and for batches over high:1/4/6/9 and
 all 18 layers, both metrics, `ann` and exact float16; recall@1/@10 of ann against the exact float16 answer
 on the same probes; float16-vs-float32 top-1 agreement (float32 exact answer accumulated while streaming);
-the exact scan's time against the memory-bandwidth bound measured in the same run.
+the exact scan's time against the memory-bandwidth bound measured at the start of the run, and paired with a
+read of the same bytes right after each scan (bench_keystore.paired: the host's bandwidth moves between minutes).
 
 The 1M run benchmarks the VectorIndex (`AnnLayerIndex`) directly: 1M float32 keys in LMDB would be 37 GB
 of a shared 75 GB disk. `--keystore` adds the full KeyStore (LMDB + snapshot check) at the given N.
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_keystore import memory_bandwidth, timed  # noqa: E402
+from bench_keystore import PairedReader, memory_bandwidth, paired, timed  # noqa: E402
 
 from facekeys.bench.synthetic import SyntheticConfig, layer_profile  # noqa: E402
 from facekeys.dims import DIM, N_LAYERS  # noqa: E402
@@ -218,9 +219,10 @@ def measure(ix, wl, truth, args, bw, lines):
     genuine = wl.labels >= 0
     lines += ["", "| layers | metric | ann r@1 genuine | ann r@1 impostor | ann r@10 | ann p50 / p99 ms (1 probe) "
               f"| ann ms/probe (batch {args.batch}) | exact f16 p50 ms (1 probe) | bound ms | exact/bound "
-              "| f16 vs f32 top-1 changed | max abs score diff f16-f32 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| exact/paired read | f16 vs f32 top-1 changed | max abs score diff f16-f32 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     flt = Filter()
+    reader = PairedReader(ix.rows * N_LAYERS * DIM * 2, cap_bytes=1 << 30)  # small: the float16 files need the RAM
     for subset in SUBSETS:
         lay = parse_layers(subset)
         for metric in METRICS:
@@ -230,20 +232,28 @@ def measure(ix, wl, truth, args, bw, lines):
             r10 = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(an.ids, ex.ids)])
             t_rows, t_cost = truth.best[(subset, metric)]
             f32_top1 = t_rows[:, 0] + 1
-            changed = int((ex.ids[:, 0] != f32_top1).sum())
+            moved = ex.ids[:, 0] != f32_top1
+            changed = int(moved.sum())
             sign = -1 if metric == "cosine" else 1
             diff = np.abs(ex.scores[:, 0] - sign * t_cost[:, 0]).max()
+            # where the top-1 moved: how far the float16 pick is behind the float32 top-1 in the float32 truth
+            # (a near-tie when under the float16 storage error), inf when the pick is not in the truth's top 10
+            gaps = [float(t_cost[i][t_rows[i] + 1 == ex.ids[i, 0]][0] - t_cost[i, 0])
+                    if (t_rows[i] + 1 == ex.ids[i, 0]).any() else float("inf") for i in np.flatnonzero(moved)]
+            moved_col = f"{changed}/{P}" + (f" (truth gap {max(gaps):.1e})" if gaps else "")
             one = [timed(lambda i=i: ix.search(wl.probes[i : i + 1], lay, metric, 10, flt), 0, 1)[0]
                    for i in range(min(P, args.timed))]
             b = min(args.batch, P)
             tb = timed(lambda: ix.search(wl.probes[:b], lay, metric, 10, flt), 1, 3)
-            te = timed(lambda: ix.search(wl.probes[:1], lay, metric, 10, flt, exact=True), 1, args.exact_repeats)
+            exact_one = lambda: ix.search(wl.probes[:1], lay, metric, 10, flt, exact=True)  # noqa: E731
+            te = timed(exact_one, 1, args.exact_repeats)
             bound = ix.rows * len(lay) * DIM * 2 / bw
+            pair, _ = paired(exact_one, reader, ix.rows * len(lay) * DIM * 2, 1, args.exact_repeats)
             lines.append(
                 f"| {subset} | {metric} | {r1[genuine].mean():.3f} | {r1[~genuine].mean() if (~genuine).any() else float('nan'):.3f} "
                 f"| {r10:.3f} | {np.median(one) * 1e3:.1f} / {np.percentile(one, 99) * 1e3:.1f} "
                 f"| {np.median(tb) / b * 1e3:.2f} | {np.median(te) * 1e3:.0f} | {bound * 1e3:.0f} "
-                f"| {np.median(te) / bound:.2f} | {changed}/{P} | {diff:.1e} |")
+                f"| {np.median(te) / bound:.2f} | {pair:.2f} | {moved_col} | {diff:.1e} |")
             print(lines[-1], flush=True)
 
 
