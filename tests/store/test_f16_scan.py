@@ -196,28 +196,32 @@ def test_c_kernel_refuses_mixed_row_types():
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("n_layers", [1, 4, 18])
-def test_c_kernel_costs_equal_the_numpy_costs(kernel, metric, n_layers):
-    """dot(..., norms=, metric=) forms the scan's costs in the kernel: the same float32 operations as numpy's
-    `_costs` on the kernel's inner products, so the very same values (zero-norm keys cost 0, never NaN)."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_c_kernel_costs_equal_the_numpy_costs(kernel, metric, n_layers, dtype):
+    """dot(..., norms=, metric=) forms the scan's costs in the kernel, over a row range or listed rows, float32
+    or float16 rows: the same float32 operations as numpy's `_costs` on the kernel's inner products, so the very
+    same values (zero-norm keys cost 0, never NaN)."""
     from facekeys.store.vectors import _costs
 
     rng = np.random.default_rng(n_layers)
     n = 300
-    layers = [rng.standard_normal((n, DIM)).astype(np.float32) for _ in range(n_layers)]
+    layers = [rng.standard_normal((n, DIM)).astype(dtype) for _ in range(n_layers)]
     for x in layers:
         x[[3, 250]] = 0.0
-    norm2 = [np.einsum("nd,nd->n", x, x) for x in layers]
+    norm2 = [np.einsum("nd,nd->n", x, x, dtype=np.float32) for x in layers]
     q = rng.standard_normal((n_layers, DIM)).astype(np.float32)
-    for start, stop in ((0, n), (7, 251), (250, 251)):
-        ip = np.empty(stop - start, np.float32)
-        ann._f16dot.dot(ip, q, layers, start, stop, kernel=kernel)
-        want = _costs(ip[None].copy(), norm2, slice(start, stop), metric)[0]
-        got = np.empty(stop - start, np.float32)
-        ann._f16dot.dot(got, q, layers, start, stop, kernel=kernel, norms=norm2, metric=metric)
+    listed = np.array([250, 7, 299, 3, 100, 7], np.int64)
+    for where in ((0, n), (7, 251), (250, 251), (listed,)):
+        rows = slice(*where) if len(where) == 2 else where[0]
+        m = rows.stop - rows.start if len(where) == 2 else len(rows)
+        ip = np.empty(m, np.float32)
+        ann._f16dot.dot(ip, q, layers, *where, kernel=kernel)
+        want = _costs(ip[None].copy(), norm2, rows, metric)[0]
+        got = np.empty(m, np.float32)
+        ann._f16dot.dot(got, q, layers, *where, kernel=kernel, norms=norm2, metric=metric)
         np.testing.assert_array_equal(got, want)
         assert np.isfinite(got).all()
-        if start <= 250 < stop:
-            assert got[250 - start] == 0.0
+        assert (got[np.arange(n)[rows] == 250] == 0.0).all()
 
 
 @needs_c
@@ -232,9 +236,12 @@ def test_c_kernel_costs_refuse_bad_arguments():
         ann._f16dot.dot(out, q, [x], 0, 8, norms=norms, metric="dot")
     with pytest.raises(ValueError, match="at least 8"):
         ann._f16dot.dot(out, q, [x], 0, 8, norms=[np.ones(5, np.float32)], metric="l2")
+    with pytest.raises(ValueError, match="at least 8"):  # listed rows: up to the largest
+        ann._f16dot.dot(out[:2], q, [x], np.array([1, 7]), norms=[np.ones(5, np.float32)], metric="l2")
     with pytest.raises(ValueError, match="norms has 2"):
         ann._f16dot.dot(out, q, [x], 0, 8, norms=norms * 2, metric="l2")
     with pytest.raises(ValueError, match="one probe"):
-        ann._f16dot.dot(out, q, [x], np.arange(8), norms=norms, metric="l2")
+        ann._f16dot.dot(np.empty(16, np.float32), np.ones((2, 1, DIM), np.float32), [x], 0, 8, norms=norms,
+                        metric="l2")
     with pytest.raises(ValueError, match="float32"):
         ann._f16dot.dot(out, q, [x], 0, 8, norms=[np.ones(8, np.float64)], metric="l2")

@@ -16,9 +16,9 @@
  * released during the scan. Kernels: "avx512" (AVX-512F), "avx2" (AVX2 + FMA + F16C), "scalar" (portable C),
  * chosen at import from CPUID (and the OS's register-state support); nothing is compiled at import.
  *
- * dot(out, q, layers, start, stop, norms=N, metric="l2" | "cosine")   one probe, a row range: out is turned into
- *           the scan's costs (smaller is better) in the same pass, x2 = sum_l N[l][row] (N: L float32 (rows,)
- *           arrays of per-layer squared norms): "l2" -> x2 - 2 ip; "cosine" -> -ip / sqrt(x2), 0 where x2 is 0
+ * dot(out, q, layers, start, stop | rows, norms=N, metric="l2" | "cosine")   one probe: out is turned into the
+ *           scan's costs (smaller is better) in the same call, x2 = sum_l N[l][row] (N: L float32 (rows,) arrays
+ *           of per-layer squared norms): "l2" -> x2 - 2 ip; "cosine" -> -ip / sqrt(x2), 0 where x2 is 0
  *           (float32, the same operations numpy's path applies, so the same values).
  *
  * kernels() -> tuple of the kernels this CPU can run, best first; KERNEL: the one dot() uses by default.
@@ -57,11 +57,13 @@ static inline const void *row_ptr(const job_t *j, int l, int64_t i) {
     return j->x[l] + r * (int64_t)j->dim * j->esize;
 }
 
-/* out[i] (an inner product) -> its cost, rows start..start+m-1; metric 1 = l2, 2 = cosine */
-static void costs(float *out, int64_t m, const float **norms, int L, int64_t start, int metric) {
+/* out[i] (an inner product) -> its cost, rows idx[i] or start + i; metric 1 = l2, 2 = cosine */
+static void costs(float *out, int64_t m, const float **norms, int L, int64_t start, const int64_t *idx,
+                  int metric) {
     for (int64_t i = 0; i < m; i++) {
-        float x2 = norms[0][start + i];
-        for (int l = 1; l < L; l++) x2 += norms[l][start + i];
+        int64_t r = idx ? idx[i] : start + i;
+        float x2 = norms[0][r];
+        for (int l = 1; l < L; l++) x2 += norms[l][r];
         if (metric == 1)
             out[i] = x2 - out[i] * 2.0f;
         else
@@ -387,8 +389,8 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
         goto done;
     }
     if (metric) {
-        if (have_rows || nq != 1) {
-            PyErr_SetString(PyExc_ValueError, "norms/metric: one probe (q (L, dim)) over a row range only");
+        if (nq != 1) {
+            PyErr_SetString(PyExc_ValueError, "norms/metric: one probe only (q (L, dim) or (1, L, dim))");
             goto done;
         }
         nseq = PySequence_Fast(norms_o, "norms must be a sequence of float32 arrays");
@@ -397,16 +399,22 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
             PyErr_Format(PyExc_ValueError, "norms has %zd arrays, q has %zd layers", PySequence_Fast_GET_SIZE(nseq), L);
             goto done;
         }
+        int64_t need = start + m; /* norms needed: rows start..start+m-1, or up to the largest listed row */
+        if (have_rows) {
+            need = 0;
+            for (int64_t i = 0; i < m; i++)
+                if (j.idx[i] >= need) need = j.idx[i] + 1;
+        }
         nb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
         np_ = PyMem_Calloc((size_t)L, sizeof(*np_));
         if (!nb || !np_) { PyErr_NoMemory(); goto done; }
         for (ngot = 0; ngot < L; ngot++) {
             Py_buffer *v = &nb[ngot];
             if (get_buf(PySequence_Fast_GET_ITEM(nseq, ngot), v, 0, "norms[i]") < 0) goto done;
-            if (!fmt_is(v, 'f') || v->ndim != 1 || v->shape[0] < start + m) {
+            if (!fmt_is(v, 'f') || v->ndim != 1 || v->shape[0] < need) {
                 ngot++;
                 PyErr_Format(PyExc_ValueError, "norms[%zd] must be 1-D float32 with at least %lld values", ngot - 1,
-                             (long long)(start + m));
+                             (long long)need);
                 goto done;
             }
             np_[ngot] = (const float *)v->buf;
@@ -426,7 +434,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     if (m > 0) {
         Py_BEGIN_ALLOW_THREADS
         (etype == 'f' ? k->fn_f32 : k->fn)(&j);
-        if (metric) costs(j.out, m, np_, (int)L, start, metric);
+        if (metric) costs(j.out, m, np_, (int)L, start, j.idx, metric);
         Py_END_ALLOW_THREADS
     }
     ret = Py_NewRef(Py_None);
@@ -464,7 +472,7 @@ static PyMethodDef methods[] = {
     {"dot", (PyCFunction)(void (*)(void))py_dot, METH_VARARGS | METH_KEYWORDS,
      "dot(out, q, layers, start, stop, kernel=None) or dot(out, q, layers, rows, kernel=None): out[p, i] = "
      "sum over layers l of <q[p, l], row i of layers[l]> (float16 or float32 rows), float32; releases the GIL. "
-     "norms=, metric='l2'|'cosine' (one probe, a row range): out holds the scan's costs instead."},
+     "norms=, metric='l2'|'cosine' (one probe): out holds the scan's costs instead."},
     {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
     {NULL, NULL, 0, NULL}};
 

@@ -70,7 +70,7 @@ from facekeys.records import Filter
 
 from .config import StoreConfig
 from .rwlock import RWLock
-from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _one_omp_thread, single_threaded_blas,
+from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _costs, _one_omp_thread, single_threaded_blas,
                       smallest_k)
 
 try:  # optional C kernel (setup.py builds it when it can); never compiled at import
@@ -541,25 +541,17 @@ class AnnLayerIndex(FilterColumns):
         for chunk in chunks:
             row_ids = np.arange(chunk.start, chunk.stop) if isinstance(chunk, slice) else chunk
             m = len(row_ids)
-            if kernel is not None:
-                ip = np.empty((nq, m), np.float32)
-                if isinstance(chunk, slice):
-                    kernel.dot(ip, q, arrays, chunk.start, chunk.stop)
+            where = (chunk.start, chunk.stop) if isinstance(chunk, slice) else (chunk,)
+            if kernel is not None and nq == 1:  # one probe: the kernel forms the costs as it reads
+                cost = np.empty((1, m), np.float32)
+                kernel.dot(cost, q, arrays, *where, norms=norm2, metric=metric)
+            else:
+                if kernel is not None:
+                    ip = np.empty((nq, m), np.float32)
+                    kernel.dot(ip, q, arrays, *where)
                 else:
-                    kernel.dot(ip, q, arrays, chunk)
-            else:
-                ip = _dot_numpy(arrays, q, chunk, m)
-            xn2 = norm2[0][chunk].copy()  # (m,)
-            for col in norm2[1:]:
-                xn2 += col[chunk]
-            if metric == "l2":
-                cost = np.subtract(xn2, np.multiply(ip, 2.0, out=ip), out=ip)
-            else:
-                np.sqrt(xn2, out=xn2)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cost = np.divide(ip, xn2, out=ip)
-                np.negative(cost, out=cost)
-                cost[:, xn2 == 0] = 0.0  # zero-norm keys score 0
+                    ip = _dot_numpy(arrays, q, chunk, m)
+                cost = _costs(ip, norm2, chunk, metric)
             pos, best = smallest_k(cost, kk)  # (Q, <=kk), -1 / +inf where fewer selectable
             found_rows.append(np.where(pos >= 0, row_ids[np.maximum(pos, 0)], -1))
             found_cost.append(np.where(pos >= 0, best, np.float32(np.inf)))
