@@ -488,14 +488,15 @@ class AnnLayerIndex(FilterColumns):
                                    if searched < n else slice(0, n))
             else:
                 pools = self._ann_pools(q_all, lay, kk, segments, covered, mask, searched, candidates)
+                # buffered rows (>= covered) never meet the segments' rows (< covered): joining needs no dedup
                 buf_rows = np.flatnonzero(mask[covered:n]) + covered
                 for i in range(nq):  # float32 scores of the pool (exact float16 values), best kk kept
-                    rows = np.union1d(pools[i], buf_rows) if len(buf_rows) <= 4096 else pools[i]
+                    rows = np.concatenate([pools[i], buf_rows]) if 0 < len(buf_rows) <= 4096 else pools[i]
                     pools[i] = self._scan(q_all[i : i + 1], qn2[i : i + 1], lay, metric, min(kk, len(rows)),
                                           rows)[0] if len(rows) else rows
                 if len(buf_rows) > 4096:
                     extra = self._scan(q_all, qn2, lay, metric, min(kk, len(buf_rows)), buf_rows)
-                    pools = [np.union1d(a, b) for a, b in zip(pools, extra)]
+                    pools = [np.concatenate([a, b]) for a, b in zip(pools, extra)]
             return self._rerank(q_all, lay, metric, k, pools, searched)
 
     # exact float16 scan ---------------------------------------------------------------------------
@@ -609,7 +610,10 @@ class AnnLayerIndex(FilterColumns):
         pools = []
         for rows in found:
             rows = rows[rows >= 0]
-            pools.append(rows[mask[rows]])
+            rows = rows[mask[rows]]
+            # shards and segments hold disjoint rows; only several groups can name a row twice (a sort of the
+            # pool costs ~1 ms at 20k candidates: skipped when one group answers)
+            pools.append(np.unique(rows) if len(cover) > 1 else rows)
         return pools
 
     # exact re-rank --------------------------------------------------------------------------------
