@@ -278,6 +278,14 @@ static int get_buf(PyObject *obj, Py_buffer *v, int writable, const char *what) 
     return 0;
 }
 
+/* releases the first n views of an array of buffers (if any) and frees the array */
+static void release_all(Py_buffer *b, Py_ssize_t n) {
+    if (b)
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (b[i].obj) PyBuffer_Release(&b[i]);
+    PyMem_Free(b);
+}
+
 static int fmt_is(const Py_buffer *v, char c) {
     const char *f = v->format ? v->format : "B";
     if (*f == '<' || *f == '=' || *f == '@') f++;
@@ -439,16 +447,10 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     }
     ret = Py_NewRef(Py_None);
 done:
-    if (xb)
-        for (Py_ssize_t i = 0; i < got; i++)
-            if (xb[i].obj) PyBuffer_Release(&xb[i]);
-    PyMem_Free(xb);
+    release_all(xb, got);
     PyMem_Free((void *)xp);
     Py_XDECREF(seq);
-    if (nb)
-        for (Py_ssize_t i = 0; i < ngot; i++)
-            if (nb[i].obj) PyBuffer_Release(&nb[i]);
-    PyMem_Free(nb);
+    release_all(nb, ngot);
     PyMem_Free((void *)np_);
     Py_XDECREF(nseq);
     if (have_rows) PyBuffer_Release(&rowsb);
