@@ -341,8 +341,8 @@ class FlatLayerIndex(FilterColumns):
 
     def _scan_one(self, views, q, layers, metric, kk, n, mask) -> np.ndarray:
         """One probe q (|S|, 512) over all rows: the scan threads (this one included) each fill their equal share
-        of one inner-product vector, then this thread turns it into costs and selects once. (Per-thread costs
-        and selection took ~0.4 ms more at 10k keys: thread hand-offs and the GIL, against a 0.3 ms read.)"""
+        of one cost vector (`_costs_one`), then this thread selects once. (Per-thread selection and merging took
+        ~0.4 ms more at 10k keys: thread hand-offs and the GIL, against a 0.3 ms read.)"""
         q = np.ascontiguousarray(q)
         norm2 = [self._norm2[layer] for layer in layers]  # (cap,) views, one per selected layer
         cost = np.empty((1, n), np.float32)
