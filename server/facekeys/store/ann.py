@@ -347,23 +347,12 @@ class AnnLayerIndex(FilterColumns):
             self._thread = threading.Thread(target=self._background, name="fk-ann-merger", daemon=True)
             self._thread.start()
 
-    _COLUMNS = ("_ids", "_alive", "_identity", "_camera", "_t0", "_t1")  # (cap,) each; _norm2 is (18, cap)
+    _COLUMNS = ("_ids", "_alive", "_identity", "_camera", "_t0", "_t1")  # (cap,) each
+    _LAYER_MAJOR = ("_norm2",)  # (18, cap)
 
     # -- mutation ---------------------------------------------------------------------------------
     def _reserve(self, n: int) -> None:
-        cap = len(self._ids)
-        if n > cap:
-            while cap < n:
-                cap *= 2
-            rows = self._store.rows
-            for name in self._COLUMNS:
-                old = getattr(self, name)
-                new = np.zeros(cap, old.dtype)
-                new[:rows] = old[:rows]
-                setattr(self, name, new)
-            norm2 = np.zeros((N_LAYERS, cap), np.float32)
-            norm2[:, :rows] = self._norm2[:, :rows]
-            self._norm2 = norm2
+        self._grow(n, self._store.rows)
         self._store.reserve(n)
 
     def add(self, ids: np.ndarray, latents: np.ndarray, attrs: Sequence[KeyAttrs]) -> None:

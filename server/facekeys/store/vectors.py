@@ -133,7 +133,29 @@ def exact_scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
 
 class FilterColumns:
     """Mixin for indexes that keep the filter columns `_identity`, `_camera` (codes of `_identities`,
-    `_cameras`), `_t0`, `_t1` aligned with their rows."""
+    `_cameras`), `_t0`, `_t1` aligned with their rows: every (cap,) array named in `_COLUMNS` and (18, cap, ...)
+    array named in `_LAYER_MAJOR` grows with `_grow`."""
+
+    _COLUMNS: tuple[str, ...] = ()
+    _LAYER_MAJOR: tuple[str, ...] = ()
+
+    def _grow(self, n: int, rows: int) -> None:
+        """Capacity for n rows (doubling), keeping the first `rows` of every column."""
+        cap = len(self._ids)
+        if n <= cap:
+            return
+        while cap < n:
+            cap *= 2
+        for name in self._COLUMNS:
+            old = getattr(self, name)
+            new = np.zeros(cap, old.dtype)
+            new[:rows] = old[:rows]
+            setattr(self, name, new)
+        for name in self._LAYER_MAJOR:  # np.empty: pages are touched (and cost memory) only as rows arrive
+            old = getattr(self, name)
+            new = np.empty((N_LAYERS, cap) + old.shape[2:], old.dtype)
+            new[:, :rows] = old[:, :rows]
+            setattr(self, name, new)
 
     def _restrict(self, mask: np.ndarray, flt: Filter, n: int) -> np.ndarray:
         """`mask` (n,) bool, narrowed in place to the rows `flt` admits."""
@@ -155,9 +177,8 @@ class FlatLayerIndex(FilterColumns):
     storage, scored by FAISS' flat inner-product kernel (`fvec_inner_products_ny`) or the C kernel and ranked by
     FAISS' heap selection. The array is numpy's rather than an `IndexFlatIP`'s own `std::vector` because numpy
     puts large buffers on 2 MiB transparent huge pages (THP is madvise-only on these hosts, FAISS never advises):
-    the same kernel over the same rows streamed 33-50 GB/s from an IndexFlatIP's 4 KiB pages and 57-60 GB/s from
-    huge pages (benchmarks/RESULTS.md section 1); rows are appended in place instead of through a reallocating
-    vector."""
+    the same kernel over the same rows scans 1-11 % faster from them in `benchmarks/bench_pages.py` (up to 29 %
+    in earlier ad-hoc runs; benchmarks/RESULTS.md section 1)."""
 
     mode = "exact"
 
@@ -187,23 +208,6 @@ class FlatLayerIndex(FilterColumns):
     _COLUMNS = ("_ids", "_identity", "_camera", "_t0", "_t1")  # (cap,) each
     _LAYER_MAJOR = ("_norm2", "_vectors")  # (18, cap) and (18, cap, 512)
 
-    def _reserve(self, n: int) -> None:
-        cap = len(self._ids)
-        if n <= cap:
-            return
-        while cap < n:
-            cap *= 2
-        for name in self._COLUMNS:
-            old = getattr(self, name)
-            new = np.zeros(cap, old.dtype)
-            new[: self._n] = old[: self._n]
-            setattr(self, name, new)
-        for name in self._LAYER_MAJOR:  # np.empty: pages are touched (and cost memory) only as rows arrive
-            old = getattr(self, name)
-            new = np.empty((N_LAYERS, cap) + old.shape[2:], old.dtype)
-            new[:, : self._n] = old[:, : self._n]
-            setattr(self, name, new)
-
     def add(self, ids: np.ndarray, latents: np.ndarray, attrs: Sequence[KeyAttrs]) -> None:
         ids = np.asarray(ids, np.int64)
         m = len(ids)  # latents: (m, 18, 512) float32
@@ -214,7 +218,7 @@ class FlatLayerIndex(FilterColumns):
             if dup:
                 raise InvalidArgument(f"add: key ids already indexed: {dup[:5]}")
             n = self._n
-            self._reserve(n + m)
+            self._grow(n + m, n)
             s = slice(n, n + m)
             self._vectors[:, s] = latents.transpose(1, 0, 2)
             self._ids[s] = ids
