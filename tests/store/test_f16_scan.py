@@ -142,7 +142,10 @@ def test_float16_exact_store_equals_oracle_with_and_without_c(store_factory, mon
     if kernel == "c" and ann._f16dot is None:
         pytest.skip("C kernel not built")
     if kernel == "numpy":
+        from facekeys.store import vectors
+
         monkeypatch.setattr(ann, "_f16dot", None)
+        monkeypatch.setattr(vectors, "_f16dot", None)  # the float64 re-rank too
         monkeypatch.setattr(ann, "SMALL_BATCH", 2)  # the batch goes through BLAS, one probe through FAISS' dot
     monkeypatch.setattr(ann, "SCAN_CHUNK", 300)  # several chunks per scan part, merged by the heap
     store = store_factory(vector_dtype="float16")
@@ -245,3 +248,90 @@ def test_c_kernel_costs_refuse_bad_arguments():
                         metric="l2")
     with pytest.raises(ValueError, match="float32"):
         ann._f16dot.dot(out, q, [x], 0, 8, norms=[np.ones(8, np.float64)], metric="l2")
+
+
+def rerank_oracle(q: np.ndarray, layers, rows, metric: str) -> np.ndarray:
+    """The paper's metric in float64 over the concatenated layers, written out plainly."""
+    x = np.concatenate([a[rows].astype(np.float64) for a in layers], axis=1)  # (m, L * dim)
+    q64 = q.astype(np.float64).ravel()
+    if metric == "l2":
+        return np.sqrt(((x - q64) ** 2).sum(1))
+    denom = np.sqrt(q64 @ q64) * np.sqrt((x * x).sum(1))
+    return np.divide(x @ q64, denom, out=np.zeros(len(x)), where=denom > 0)
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("n_layers,dim", [(1, DIM), (5, DIM), (18, DIM), (3, 37)])
+def test_c_exact_rerank_equals_float64_oracle(kernel, metric, dtype, n_layers, dim):
+    """exact(): the float64 re-rank read in place from float32 or float16 rows, every kernel, any width (37: the
+    SIMD paths' tails); a row equal to the probe is at l2 0 exactly, a zero row at cosine 0, a repeated row gets
+    the very same value (ties stay ties)."""
+    rng = np.random.default_rng(n_layers * 100 + dim)
+    n = 211
+    layers = [rng.standard_normal((n, dim)).astype(dtype) for _ in range(n_layers)]
+    for a in layers:
+        a[17] = 0
+    q = np.stack([a[42] for a in layers]).astype(np.float32)  # exact float32 values of row 42
+    q += (0.5 * rng.standard_normal(q.shape)).astype(np.float32) * (np.arange(n_layers) != 0)[:, None]
+    layers[0][43] = q[0]  # row 43 differs from q only outside layer 0
+    rows = np.array([42, 17, 210, 0, 42, 5, 43], np.int64)
+    out = np.empty(len(rows))
+    ann._f16dot.exact(out, q, layers, rows, metric, kernel=kernel)
+    np.testing.assert_allclose(out, rerank_oracle(q, layers, rows, metric), rtol=1e-12, atol=1e-12)
+    assert out[0] == out[4]
+    if metric == "cosine":
+        assert out[1] == 0.0
+    else:
+        assert out[1] == pytest.approx(np.sqrt((q.astype(np.float64) ** 2).sum()), rel=1e-12)
+    if n_layers == 1:
+        assert out[6] == (0.0 if metric == "l2" else pytest.approx(1.0, rel=1e-12))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_exact_scores_numpy_path_equals_oracle(monkeypatch, metric, dtype):
+    """Without the C kernel, `exact_scores` goes layer by layer in numpy: the same values."""
+    from facekeys.store import vectors
+
+    monkeypatch.setattr(vectors, "_f16dot", None)
+    rng = np.random.default_rng(3)
+    layers = [rng.standard_normal((50, DIM)).astype(dtype) for _ in range(4)]
+    layers[1][9] = 0
+    for a in layers:
+        a[8] = 0
+    q = rng.standard_normal((4, DIM)).astype(np.float32)
+    rows = np.array([3, 8, 9, 49, 3], np.int64)
+    got = vectors.exact_scores(q, layers, rows, metric)
+    np.testing.assert_allclose(got, rerank_oracle(q, layers, rows, metric), rtol=1e-12, atol=1e-12)
+    assert got[0] == got[4] and (metric == "l2" or got[1] == 0.0)
+
+
+@needs_c
+def test_c_exact_refuses_bad_arguments():
+    exact = ann._f16dot.exact
+    x = np.ones((10, DIM), np.float32)
+    q = np.ones((1, DIM), np.float32)
+    out = np.empty(3)
+    rows = np.array([0, 9, 3])
+    exact(out, q, [x], rows, "l2")  # fine
+    exact(np.empty(0), q, [x], np.zeros(0, np.int64), "cosine")
+    bad = [
+        ((out.astype(np.float32), q, [x], rows, "l2"), TypeError, "float64"),
+        ((np.empty(4), q, [x], rows, "l2"), ValueError, "3 needed"),
+        ((out, q, [x], np.array([0, 10, 1]), "l2"), IndexError, "out of range"),
+        ((out, q, [x], np.array([0, -1, 1]), "l2"), IndexError, "out of range"),
+        ((out, q, [x], rows.astype(np.int32), "l2"), TypeError, "int64"),
+        ((out, q, [x], rows, "dot"), ValueError, "metric"),
+        ((out, q, [x, x], rows, "l2"), ValueError, "layers"),
+        ((out, q.astype(np.float64), [x], rows, "l2"), TypeError, "float32"),
+        ((out, q, [x[:, :256]], rows, "l2"), TypeError, "contiguous"),
+        ((out, q, [x.astype(np.float64)], rows, "l2"), TypeError, "float16 or float32"),
+    ]
+    for args, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            exact(*args)
+    with pytest.raises(ValueError, match="not available"):
+        exact(out, q, [x], rows, "l2", kernel="no-such-kernel")

@@ -21,6 +21,11 @@
  *           of per-layer squared norms): "l2" -> x2 - 2 ip; "cosine" -> -ip / sqrt(x2), 0 where x2 is 0
  *           (float32, the same operations numpy's path applies, so the same values).
  *
+ * exact(out, q, layers, rows, metric)   the re-rank: out (m,) float64 = the paper's metric over the L layers of
+ *           each listed row, accumulated in float64 from the exact values of the stored floats: "l2" ->
+ *           sqrt(sum (x - q)^2); "cosine" -> <q, x> / (|q| |x|), 0 where either norm is 0. Reads the rows in
+ *           place (no gathered copies); q (L, dim) float32, rows int64. kernel= as for dot().
+ *
  * kernels() -> tuple of the kernels this CPU can run, best first; KERNEL: the one dot() uses by default.
  * dot(..., kernel="scalar") forces one of them (tests compare them).
  */
@@ -257,6 +262,106 @@ static void detect(int *avx2, int *avx512) {
 }
 #endif /* FK_X86 */
 
+/* -- the float64 re-rank ----------------------------------------------------------------------------- */
+/* Adds one layer of one row to the float64 sums a[8] (l2: sum (x - q)^2; cosine: <x, q>) and b[8] (cosine: |x|^2),
+ * 8 independent chains. */
+static void layer_sums(const float *x, const float *q, int dim, int metric, double *a, double *b) {
+    int d = 0;
+    if (metric == 1) {
+        for (; d + 8 <= dim; d += 8)
+            for (int t = 0; t < 8; t++) {
+                double diff = (double)x[d + t] - (double)q[d + t];
+                a[t] += diff * diff;
+            }
+        for (; d < dim; d++) a[0] += ((double)x[d] - (double)q[d]) * ((double)x[d] - (double)q[d]);
+        return;
+    }
+    for (; d + 8 <= dim; d += 8)
+        for (int t = 0; t < 8; t++) {
+            a[t] += (double)x[d + t] * (double)q[d + t];
+            b[t] += (double)x[d + t] * (double)x[d + t];
+        }
+    for (; d < dim; d++) {
+        a[0] += (double)x[d] * (double)q[d];
+        b[0] += (double)x[d] * (double)x[d];
+    }
+}
+
+#ifdef FK_X86
+static T_AVX512 void layer_sums_avx512(const float *x, const float *q, int dim, int metric, double *a, double *b) {
+    __m512d a0 = _mm512_loadu_pd(a), a1 = _mm512_setzero_pd(), b0 = _mm512_loadu_pd(b), b1 = a1;
+    int d = 0;
+    for (; d + 16 <= dim; d += 16) {
+        __m512d xl = _mm512_cvtps_pd(_mm256_loadu_ps(x + d)), xh = _mm512_cvtps_pd(_mm256_loadu_ps(x + d + 8));
+        __m512d ql = _mm512_cvtps_pd(_mm256_loadu_ps(q + d)), qh = _mm512_cvtps_pd(_mm256_loadu_ps(q + d + 8));
+        if (metric == 1) {
+            __m512d dl = _mm512_sub_pd(xl, ql), dh = _mm512_sub_pd(xh, qh);
+            a0 = _mm512_fmadd_pd(dl, dl, a0);
+            a1 = _mm512_fmadd_pd(dh, dh, a1);
+        } else {
+            a0 = _mm512_fmadd_pd(xl, ql, a0);
+            a1 = _mm512_fmadd_pd(xh, qh, a1);
+            b0 = _mm512_fmadd_pd(xl, xl, b0);
+            b1 = _mm512_fmadd_pd(xh, xh, b1);
+        }
+    }
+    _mm512_storeu_pd(a, _mm512_add_pd(a0, a1));
+    _mm512_storeu_pd(b, _mm512_add_pd(b0, b1));
+    if (d < dim) layer_sums(x + d, q + d, dim - d, metric, a, b);
+}
+
+static T_AVX2 void f16_row_f16c(const uint16_t *src, float *dst, int dim) {
+    int d = 0;
+    for (; d + 8 <= dim; d += 8) _mm256_storeu_ps(dst + d, CVT8(src + d));
+    for (; d < dim; d++) dst[d] = _cvtsh_ss(src[d]);
+}
+#endif
+
+/* out[i] = the float64 metric of row idx[i] over the L layers (see exact() above); buf: dim floats of scratch for
+ * a float16 row's exact float32 values; simd: 2 = AVX-512 sums and F16C, 1 = F16C, 0 = portable C. */
+static void exact_rows(double *out, const float *q, const char **x, int L, int dim, int esize, const int64_t *idx,
+                       int64_t m, int metric, float *buf, int simd) {
+    double qn2 = 0.0;
+    for (int64_t t = 0; t < (int64_t)L * dim; t++) qn2 += (double)q[t] * (double)q[t];
+    const int64_t row_bytes = (int64_t)dim * esize;
+    for (int64_t i = 0; i < m; i++) {
+        double a[8] = {0}, b[8] = {0};
+        /* the rows are scattered (cold in cache): fetch the next row's layers while this one is summed */
+        for (int64_t r = i == 0 ? 0 : i + 1; r <= i + 1 && r < m; r++)
+            for (int l = 0; l < L; l++)
+                for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(x[l] + idx[r] * row_bytes + o, 0, 3);
+        for (int l = 0; l < L; l++) {
+            const char *row = x[l] + idx[i] * row_bytes;
+            const float *xr = (const float *)row;
+            if (esize == 2) {
+#ifdef FK_X86
+                if (simd >= 1)
+                    f16_row_f16c((const uint16_t *)row, buf, dim);
+                else
+#endif
+                    for (int d = 0; d < dim; d++) buf[d] = half_to_float(((const uint16_t *)row)[d]);
+                xr = buf;
+            }
+            const float *ql = q + (int64_t)l * dim;
+#ifdef FK_X86
+            if (simd == 2) {
+                layer_sums_avx512(xr, ql, dim, metric, a, b);
+                continue;
+            }
+#endif
+            layer_sums(xr, ql, dim, metric, a, b);
+        }
+        double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        if (metric == 1) {
+            out[i] = sqrt(s > 0.0 ? s : 0.0);
+        } else {
+            double xn2 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+            double denom = sqrt(qn2) * sqrt(xn2);
+            out[i] = denom > 0.0 ? s / denom : 0.0;
+        }
+    }
+}
+
 typedef void (*kernel_fn)(const job_t *);
 typedef struct {
     const char *name;
@@ -292,6 +397,60 @@ static int fmt_is(const Py_buffer *v, char c) {
     return f[0] == c && f[1] == 0;
 }
 
+/* Views of the L layers in `seq` (2-D C-contiguous buffers of dim columns, all float16 or all float32) into
+ * xb[0..L) and their data pointers into xp; *got = views taken (to release), *esize = 2 or 4, *cap = the fewest
+ * rows. -1 with an exception set. */
+static int get_layers(PyObject *seq, Py_ssize_t L, int64_t dim, Py_buffer *xb, const char **xp, Py_ssize_t *got,
+                      int *esize, int64_t *cap) {
+    char etype = 0; /* 'e' or 'f', the type of layers[0]; every layer must match it */
+    *cap = INT64_MAX;
+    for (*got = 0; *got < L; (*got)++) {
+        Py_buffer *v = &xb[*got];
+        if (get_buf(PySequence_Fast_GET_ITEM(seq, *got), v, 0, "layers[i]") < 0) return -1;
+        if (!etype) etype = fmt_is(v, 'f') ? 'f' : fmt_is(v, 'e') ? 'e' : '?';
+        if (!fmt_is(v, etype) || v->ndim != 2 || v->shape[1] != dim) {
+            Py_ssize_t bad = (*got)++;
+            if (etype == '?')
+                PyErr_Format(PyExc_TypeError, "layers[0] must be float16 or float32 (rows, %lld)", (long long)dim);
+            else
+                PyErr_Format(PyExc_TypeError, "layers[%zd] must be %s (rows, %lld) like layers[0]", bad,
+                             etype == 'f' ? "float32" : "float16", (long long)dim);
+            return -1;
+        }
+        if (v->shape[0] < *cap) *cap = v->shape[0];
+        xp[*got] = (const char *)v->buf;
+    }
+    *esize = etype == 'f' ? 4 : 2;
+    return 0;
+}
+
+/* A 1-D int64 buffer of row numbers, each in 0..cap-1. -1 with an exception set (the view released). */
+static int get_rows(PyObject *o, Py_buffer *rowsb, int64_t cap) {
+    if (get_buf(o, rowsb, 0, "rows") < 0) return -1;
+    if (!(fmt_is(rowsb, 'l') || fmt_is(rowsb, 'q')) || rowsb->itemsize != 8 || rowsb->ndim != 1) {
+        PyErr_SetString(PyExc_TypeError, "rows must be a 1-D int64 array");
+        PyBuffer_Release(rowsb);
+        return -1;
+    }
+    const int64_t *idx = (const int64_t *)rowsb->buf;
+    for (Py_ssize_t i = 0; i < rowsb->shape[0]; i++)
+        if (idx[i] < 0 || idx[i] >= cap) {
+            PyErr_Format(PyExc_IndexError, "row %lld out of range 0..%lld", (long long)idx[i], (long long)cap);
+            PyBuffer_Release(rowsb);
+            return -1;
+        }
+    return 0;
+}
+
+/* KERNELS[0], or the one named (NULL with an exception set when this CPU lacks it) */
+static const kernel_t *find_kernel(const char *kname) {
+    if (!kname) return &KERNELS[0];
+    for (int i = 0; i < N_KERNELS; i++)
+        if (strcmp(KERNELS[i].name, kname) == 0) return &KERNELS[i];
+    PyErr_Format(PyExc_ValueError, "kernel %s is not available on this CPU", kname);
+    return NULL;
+}
+
 static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"out", "q", "layers", "start", "stop", "kernel", "block", "norms", "metric", NULL};
     PyObject *out_o, *q_o, *layers_o, *start_o, *stop_o = Py_None, *norms_o = Py_None;
@@ -307,13 +466,8 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     else if (mname) return PyErr_Format(PyExc_ValueError, "metric must be 'l2' or 'cosine', got '%s'", mname);
     if ((norms_o == Py_None) != (metric == 0))
         return PyErr_Format(PyExc_ValueError, "norms and metric go together");
-    const kernel_t *k = &KERNELS[0];
-    if (kname) {
-        k = NULL;
-        for (int i = 0; i < N_KERNELS; i++)
-            if (strcmp(KERNELS[i].name, kname) == 0) k = &KERNELS[i];
-        if (!k) return PyErr_Format(PyExc_ValueError, "kernel %s is not available on this CPU", kname);
-    }
+    const kernel_t *k = find_kernel(kname);
+    if (!k) return NULL;
     Py_buffer outb = {0}, qb = {0}, rowsb = {0};
     Py_buffer *xb = NULL, *nb = NULL;
     const char **xp = NULL;
@@ -347,40 +501,15 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
     xp = PyMem_Calloc((size_t)L, sizeof(*xp));
     if (!xb || !xp) { PyErr_NoMemory(); goto done; }
-    int64_t cap = INT64_MAX;
-    char etype = 0; /* 'e' or 'f', the type of layers[0]; every layer must match it */
-    for (got = 0; got < L; got++) {
-        Py_buffer *v = &xb[got];
-        if (get_buf(PySequence_Fast_GET_ITEM(seq, got), v, 0, "layers[i]") < 0) goto done;
-        if (!etype) etype = fmt_is(v, 'f') ? 'f' : fmt_is(v, 'e') ? 'e' : '?';
-        if (!fmt_is(v, etype) || v->ndim != 2 || v->shape[1] != dim) {
-            got++;
-            if (etype == '?')
-                PyErr_Format(PyExc_TypeError, "layers[0] must be float16 or float32 (rows, %lld)", (long long)dim);
-            else
-                PyErr_Format(PyExc_TypeError, "layers[%zd] must be %s (rows, %lld) like layers[0]", got - 1,
-                             etype == 'f' ? "float32" : "float16", (long long)dim);
-            goto done;
-        }
-        if (v->shape[0] < cap) cap = v->shape[0];
-        xp[got] = (const char *)v->buf;
-    }
+    int64_t cap;
+    int esize;
+    if (get_layers(seq, L, dim, xb, xp, &got, &esize, &cap) < 0) goto done;
     int64_t m, start = 0;
     if (stop_o == Py_None && PyObject_CheckBuffer(start_o)) { /* dot(out, q, layers, rows) */
-        if (get_buf(start_o, &rowsb, 0, "rows") < 0) goto done;
+        if (get_rows(start_o, &rowsb, cap) < 0) goto done;
         have_rows = 1;
-        if (!(fmt_is(&rowsb, 'l') || fmt_is(&rowsb, 'q')) || rowsb.itemsize != 8 || rowsb.ndim != 1) {
-            PyErr_SetString(PyExc_TypeError, "rows must be a 1-D int64 array");
-            goto done;
-        }
         m = rowsb.shape[0];
-        const int64_t *idx = (const int64_t *)rowsb.buf;
-        for (int64_t i = 0; i < m; i++)
-            if (idx[i] < 0 || idx[i] >= cap) {
-                PyErr_Format(PyExc_IndexError, "row %lld out of range 0..%lld", (long long)idx[i], (long long)cap);
-                goto done;
-            }
-        j.idx = idx;
+        j.idx = (const int64_t *)rowsb.buf;
     } else {
         start = PyLong_AsLongLong(start_o);
         int64_t stop = stop_o == Py_None ? -1 : PyLong_AsLongLong(stop_o);
@@ -432,7 +561,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     j.out = (float *)outb.buf;
     j.q = (const float *)qb.buf;
     j.x = xp;
-    j.esize = etype == 'f' ? 4 : 2;
+    j.esize = esize;
     j.nq = (int)nq;
     j.L = (int)L;
     j.dim = (int)dim;
@@ -441,7 +570,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     j.block = block ? block : (nq == 1 ? BLOCK_ONE : BLOCK_MANY);
     if (m > 0) {
         Py_BEGIN_ALLOW_THREADS
-        (etype == 'f' ? k->fn_f32 : k->fn)(&j);
+        (esize == 4 ? k->fn_f32 : k->fn)(&j);
         if (metric) costs(j.out, m, np_, (int)L, start, j.idx, metric);
         Py_END_ALLOW_THREADS
     }
@@ -453,6 +582,70 @@ done:
     release_all(nb, ngot);
     PyMem_Free((void *)np_);
     Py_XDECREF(nseq);
+    if (have_rows) PyBuffer_Release(&rowsb);
+    if (qb.obj) PyBuffer_Release(&qb);
+    if (outb.obj) PyBuffer_Release(&outb);
+    return ret;
+}
+
+static PyObject *py_exact(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"out", "q", "layers", "rows", "metric", "kernel", NULL};
+    PyObject *out_o, *q_o, *layers_o, *rows_o;
+    const char *mname, *kname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOs|z:exact", kwlist, &out_o, &q_o, &layers_o, &rows_o, &mname,
+                                     &kname))
+        return NULL;
+    int metric = strcmp(mname, "l2") == 0 ? 1 : strcmp(mname, "cosine") == 0 ? 2 : 0;
+    if (!metric) return PyErr_Format(PyExc_ValueError, "metric must be 'l2' or 'cosine', got '%s'", mname);
+    const kernel_t *k = find_kernel(kname);
+    if (!k) return NULL;
+    int simd = strcmp(k->name, "avx512") == 0 ? 2 : strcmp(k->name, "avx2") == 0 ? 1 : 0;
+    Py_buffer outb = {0}, qb = {0}, rowsb = {0};
+    Py_buffer *xb = NULL;
+    const char **xp = NULL;
+    float *buf = NULL;
+    PyObject *seq = NULL, *ret = NULL;
+    Py_ssize_t L = 0, got = 0;
+    int have_rows = 0, esize;
+    int64_t cap;
+
+    if (get_buf(out_o, &outb, 1, "out") < 0) return NULL;
+    if (!fmt_is(&outb, 'd')) { PyErr_SetString(PyExc_TypeError, "out must be float64"); goto done; }
+    if (get_buf(q_o, &qb, 0, "q") < 0) goto done;
+    if (!fmt_is(&qb, 'f') || qb.ndim != 2 || qb.shape[0] < 1 || qb.shape[1] < 1 || qb.shape[1] > INT32_MAX / 2) {
+        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim)");
+        goto done;
+    }
+    L = qb.shape[0];
+    int64_t dim = qb.shape[1];
+    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    if (!seq) goto done;
+    if (PySequence_Fast_GET_SIZE(seq) != L) {
+        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
+        goto done;
+    }
+    xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
+    xp = PyMem_Calloc((size_t)L, sizeof(*xp));
+    buf = PyMem_Malloc((size_t)dim * sizeof(float));
+    if (!xb || !xp || !buf) { PyErr_NoMemory(); goto done; }
+    if (get_layers(seq, L, dim, xb, xp, &got, &esize, &cap) < 0) goto done;
+    if (get_rows(rows_o, &rowsb, cap) < 0) goto done;
+    have_rows = 1;
+    int64_t m = rowsb.shape[0];
+    if (outb.len != (Py_ssize_t)(m * (int64_t)sizeof(double))) {
+        PyErr_Format(PyExc_ValueError, "out holds %zd values, %lld needed", outb.len / 8, (long long)m);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    exact_rows((double *)outb.buf, (const float *)qb.buf, xp, (int)L, (int)dim, esize, (const int64_t *)rowsb.buf, m,
+               metric, buf, simd);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release_all(xb, got);
+    PyMem_Free((void *)xp);
+    PyMem_Free(buf);
+    Py_XDECREF(seq);
     if (have_rows) PyBuffer_Release(&rowsb);
     if (qb.obj) PyBuffer_Release(&qb);
     if (outb.obj) PyBuffer_Release(&outb);
@@ -475,6 +668,9 @@ static PyMethodDef methods[] = {
      "dot(out, q, layers, start, stop, kernel=None) or dot(out, q, layers, rows, kernel=None): out[p, i] = "
      "sum over layers l of <q[p, l], row i of layers[l]> (float16 or float32 rows), float32; releases the GIL. "
      "norms=, metric='l2'|'cosine' (one probe): out holds the scan's costs instead."},
+    {"exact", (PyCFunction)(void (*)(void))py_exact, METH_VARARGS | METH_KEYWORDS,
+     "exact(out, q, layers, rows, metric, kernel=None): out[i] (float64) = the 'l2' distance or 'cosine' similarity of q "
+     "(L, dim) float32 and row rows[i] of the L float16 or float32 layers, accumulated in float64; releases the GIL."},
     {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
     {NULL, NULL, 0, NULL}};
 

@@ -118,17 +118,34 @@ class _Codes:
         return np.array([self.by_name[n] for n in names if n in self.by_name], np.int32)
 
 
-def exact_scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
-    """Float64 scores of one probe q (|S|, 512) against keys x (M, |S|, 512): the oracle formula."""
-    q64 = q.astype(np.float64).ravel()
-    x64 = x.astype(np.float64).reshape(len(x), -1)
+def exact_scores(q: np.ndarray, views: Sequence[np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 scores (m,) of one probe q (|S|, 512) float32 against the listed rows of the selected layers: the
+    oracle formula (l2 = sqrt(sum (x - q)^2), cosine = <q, x> / (|q| |x|), 0 for a zero norm), accumulated in
+    float64 from the exact values of the stored floats.
+
+    views: per selected layer, a (n, 512) C-contiguous float32 or float16 array; rows: (m,) int64. The C kernel
+    reads the rows in place (~40 us for 26 rows x 18 layers); numpy's path goes layer by layer, so no
+    (m, |S| * 512) float64 copy is made (such copies cost ~3 ms per search at 18 layers, mostly page faults)."""
+    rows = np.ascontiguousarray(rows, np.int64)
+    out = np.empty(len(rows), np.float64)
+    if _f16dot is not None:
+        _f16dot.exact(out, np.ascontiguousarray(q, np.float32), views, rows, metric)
+        return out
+    q64 = q.astype(np.float64)  # (|S|, 512)
+    acc = np.zeros(len(rows))
+    xn2 = np.zeros(len(rows))
+    for qj, view in zip(q64, views):
+        x = view[rows].astype(np.float64)  # (m, 512), exact for float16 and float32
+        if metric == "l2":
+            x -= qj
+            acc += np.einsum("ij,ij->i", x, x)
+        else:
+            acc += x @ qj
+            xn2 += np.einsum("ij,ij->i", x, x)
     if metric == "l2":
-        return np.sqrt(((x64 - q64) ** 2).sum(1))
-    qn = np.sqrt(q64 @ q64)
-    xn = np.sqrt((x64 * x64).sum(1))
-    denom = qn * xn
-    ip = x64 @ q64
-    return np.divide(ip, denom, out=np.zeros_like(ip), where=denom > 0)
+        return np.sqrt(acc, out=out)
+    denom = np.sqrt(np.einsum("ld,ld->", q64, q64)) * np.sqrt(xn2)
+    return np.divide(acc, denom, out=np.zeros_like(acc), where=denom > 0)
 
 
 class FilterColumns:
@@ -369,8 +386,7 @@ class FlatLayerIndex(FilterColumns):
         scores = np.zeros((nq, kout), np.float64)
         for i in range(nq):
             rows = cand[i][cand[i] >= 0]  # distinct: every block contributes its own rows
-            x = np.stack([v[rows] for v in views], axis=1)  # (m, |S|, 512)
-            s = exact_scores(q_all[i], x, metric)
+            s = exact_scores(q_all[i], views, rows, metric)
             key_ids = self._ids[rows]
             primary = -s if metric == "cosine" else s
             order = np.lexsort((key_ids, primary))[:kout]  # best first, ties by key id
