@@ -184,7 +184,8 @@ def run_index(args, lines):
     shards = len(next(iter(ix._segments[0].groups.values())))
     lines += ["", f"### N = {n:,} keys (VectorIndex level: `AnnLayerIndex`)", "",
               f"- index: {len(ix._segments)} segment(s) x {shards} shard(s); per layer mean + PQ{cfg.ann_pq_m}x4 "
-              f"({cfg.ann_pq_m // 2} B/key/layer), PQ fast-scan indexes for the single layers and the groups "
+              f"({cfg.ann_pq_m // 2} B/key/layer; a group marked /m uses m per layer), PQ fast-scan indexes for "
+              f"the single layers and the groups "
               f"{', '.join(cfg.ann_groups)}; candidates {cfg.ann_candidates or 'auto (256*sqrt(N/10k), x4/|S| below 4 layers, capped by 32 MiB of re-rank reads)'}",
               f"- build: add {t_add:.1f} s (generating the synthetic chunks + float32 -> float16 + mmap write; "
               f"excludes the float32 truth), train + encode {t_sync:.1f} s, snapshot write {t_snap:.1f} s",

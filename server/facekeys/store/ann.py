@@ -7,18 +7,19 @@ Layout (one `AnnLayerIndex` per encoder):
               append-only, deleted keys are tombstoned and their rows zeroed.
     columns   key id, alive flag, per-layer squared norms (float32, of the stored float16 values) and the
               filter attributes, aligned with the rows, in RAM.
-    codebooks per layer: the mean (vectors are centred) and a 4-bit PQ with `ann_pq_m` sub-quantisers
-              (m/2 bytes per key and layer), trained in the background once `ann_train_min` keys exist.
+    codebooks per layer: the mean (vectors are centred) and a 4-bit PQ for each sub-quantiser count m in use
+              (m/2 bytes per key and layer): `ann_pq_m` (64) for single layers and small groups, 32 for the
+              large groups; trained in the background once `ann_train_min` keys exist.
     segments  immutable candidate generators over a row range: one FAISS PQ fast-scan index (inner
-              product) per layer group, for every single layer and the configured groups (high:4, high:8,
-              9-16, low:4). A group's PQ is its layers' PQs side by side, so its codes are the per-layer
-              codes concatenated (each layer is encoded once). Built and swapped in by a background
+              product) per layer group, for every single layer and the configured groups (high:4, high:8/32,
+              high:16/32, 9-16/32, low:4, low:2). A group's PQ is its layers' PQs of its m side by side, so its
+              codes are the per-layer codes concatenated (each layer is encoded once per m). Built and swapped in by a background
               thread, never mutated after publication (searches need no lock against the builder); large
               segments are split into `ann_threads` shards searched in parallel.
     buffer    rows not yet covered by a segment (new keys, or everything before the first training):
               scanned exactly, beside the segments. New keys are searchable the moment `add` returns.
 
-Search over a layer subset S: the groups covering S (fewest scanned layers) are searched with the centred
+Search over a layer subset S: the groups covering S (fewest code bytes scanned) are searched with the centred
 probe, zero on the group's layers outside S, so each returns the keys with the best approximate
 <q_S - mu_S, x_S - mu_S> over exactly the subset's layers (this is -0.5 L2 up to the key's norm term, and
 ranks cosine well because the norms concentrate). The `candidates` best of every shard, plus the buffer's
@@ -35,7 +36,11 @@ the exact nearest key of a single layer for only ~50 % of probes; and a union of
 reached genuine recall@1 0.95 with 1024 candidates per layer, because the subset's nearest key is often only
 moderately near in each single layer. Scoring the subset's layers together (group indexes) reaches 0.99-1.0
 at a fraction of the candidates. FAISS fast-scan accumulates in 16 bits and breaks beyond ~512
-sub-quantisers (measured), hence groups of at most 512 / m layers.
+sub-quantisers (measured), hence groups of at most 512 / m layers. Large groups take 32 sub-quantisers per
+layer (16 dims each) instead of 64: at 100k keys their candidates found the exact top-1 as often (high:6 from a
+high:8 group: 0.995 vs 1.0 at 512 candidates; all 18 from high:16 + 17-18: 0.99 at 1024 candidates, as the four
+64-wide groups high:8, 9-16, 17, 18 did) for half the code bytes per scan, while single layers and 4-layer
+groups lose recall at 32 (one layer: 0.87 vs 0.99 at 4096 candidates), so they keep 64 (benchmarks/RESULTS.md).
 
 Float16 scans: the C extension `facekeys.store._f16dot` (built by setup.py when a C compiler is present;
 AVX-512, or AVX2 + F16C + FMA, chosen at import from CPUID, or portable C) converts each float16 exactly and
@@ -65,10 +70,9 @@ import numpy as np
 
 from facekeys.dims import DIM, N_LAYERS
 from facekeys.errors import InvalidArgument
-from facekeys.layers import parse_layers
 from facekeys.records import Filter
 
-from .config import StoreConfig
+from .config import StoreConfig, parse_group
 from .rwlock import RWLock
 from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _costs, _one_omp_thread, exact_scores,
                       single_threaded_blas, smallest_k)
@@ -235,25 +239,22 @@ class F16Store:
 # -- candidate segments ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Codebooks:
-    """Per-layer training result: the layer mean (vectors are centred before coding) and a 4-bit PQ.
+    """Per-layer training result: the layer mean (vectors are centred before coding) and a 4-bit PQ for each
+    sub-quantiser count m the groups use.
 
-    The PQ of a layer group is the groups' per-layer PQs side by side, so one per-layer encoding serves
-    every group index, and the groups' codes are the per-layer codes concatenated."""
+    The PQ of a layer group is the groups' per-layer PQs (of its m) side by side, so one per-layer encoding
+    serves every group index of that m, and the groups' codes are the per-layer codes concatenated."""
 
     means: np.ndarray  # (18, 512) float32
-    centroids: np.ndarray  # (18, m, 16, 512 // m) float32
+    centroids: dict  # m -> (18, m, 16, 512 // m) float32
 
-    @property
-    def m(self) -> int:
-        return self.centroids.shape[1]
-
-    def group_centroids(self, layers: Sequence[int]) -> np.ndarray:
+    def group_centroids(self, layers: Sequence[int], m: int) -> np.ndarray:
         """Centroids of the concatenated layers' PQ, flat in FAISS' (M, 16, dsub) order."""
-        return np.ascontiguousarray(self.centroids[list(layers)], np.float32).ravel()
+        return np.ascontiguousarray(self.centroids[m][list(layers)], np.float32).ravel()
 
-    def pq(self, layers: Sequence[int]) -> faiss.ProductQuantizer:
-        pq = faiss.ProductQuantizer(len(layers) * DIM, len(layers) * self.m, 4)
-        faiss.copy_array_to_vector(self.group_centroids(layers), pq.centroids)
+    def pq(self, layers: Sequence[int], m: int) -> faiss.ProductQuantizer:
+        pq = faiss.ProductQuantizer(len(layers) * DIM, len(layers) * m, 4)
+        faiss.copy_array_to_vector(self.group_centroids(layers, m), pq.centroids)
         return pq
 
 
@@ -262,17 +263,18 @@ class Segment:
     """Candidate generators over a row range: one FAISS PQ fast-scan index per layer group."""
 
     rows: np.ndarray  # (m,) int64 store rows, FAISS label i -> rows[i]
-    groups: dict  # layers tuple -> faiss.IndexPQFastScan over the concatenated centred layers
+    groups: dict  # (layers tuple, m) -> ((faiss.IndexPQFastScan over the concatenated centred layers, row offset), ...)
 
     @property
     def nbytes(self) -> int:
         return len(self.rows) * 8 + sum(ix.ntotal * ix.code_size for shards in self.groups.values() for ix, _ in shards)
 
 
-def layer_groups(config: StoreConfig) -> tuple[tuple[int, ...], ...]:
-    """Every single layer, plus the configured groups (0-based layer tuples), smallest first."""
-    groups = {(layer,) for layer in range(N_LAYERS)} | {tuple(parse_layers(g)) for g in config.ann_groups}
-    return tuple(sorted(groups, key=lambda g: (len(g), g)))
+def layer_groups(config: StoreConfig) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Every single layer (at ann_pq_m), plus the configured groups: (0-based layers, m), smallest first."""
+    groups = {((layer,), config.ann_pq_m) for layer in range(N_LAYERS)}
+    groups |= {parse_group(g, config.ann_pq_m) for g in config.ann_groups}
+    return tuple(sorted(groups, key=lambda g: (len(g[0]), g[0], -g[1])))
 
 
 def default_candidates(n: int, n_layers: int, kk: int, config: StoreConfig) -> int:
@@ -551,16 +553,22 @@ class AnnLayerIndex(FilterColumns):
         return best_rows, best_cost
 
     # ANN candidates -------------------------------------------------------------------------------
-    def cover(self, layers: Sequence[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """Group indexes that together hold the subset, greedily (most new subset layers per scanned
-        layer): [(group, subset layers it answers for)]. FAISS fast-scan accumulates in 16 bits and
-        breaks beyond ~512 sub-quantisers (measured), so a group holds at most 512 / ann_pq_m layers and
-        a larger subset is answered by several groups whose candidates are pooled."""
+    def cover(self, layers: Sequence[int]) -> list[tuple[tuple[tuple[int, ...], int], tuple[int, ...]]]:
+        """Group indexes that together hold the subset, greedily (most new subset layers per byte of codes
+        scanned, then most layers, then the finer PQ): [((group layers, m), subset layers it answers for)].
+        FAISS fast-scan accumulates in 16 bits and breaks beyond ~512 sub-quantisers (measured), so a group
+        holds at most 512 / m layers and a larger subset is answered by several groups whose candidates are
+        pooled."""
         left = set(layers)
         out = []
+
+        def gain(g):
+            new = len(left & set(g[0]))
+            return new / (len(g[0]) * g[1]), new, g[1]
+
         while left:
-            g = max(self._groups, key=lambda g: (len(left & set(g)) / len(g), len(left & set(g))))
-            part = tuple(sorted(left & set(g)))
+            g = max(self._groups, key=gain)
+            part = tuple(sorted(left & set(g[0])))
             out.append((g, part))
             left -= set(part)
         return out
@@ -578,9 +586,10 @@ class AnnLayerIndex(FilterColumns):
         jobs = []
         cover = self.cover(lay)
         for group, part in cover:
-            qg = np.zeros((len(q_all), len(group), DIM), np.float32)  # (Q, |G|, 512): zero outside the subset
+            glay = group[0]
+            qg = np.zeros((len(q_all), len(glay), DIM), np.float32)  # (Q, |G|, 512): zero outside the subset
             for layer in part:
-                qg[:, group.index(layer), :] = q_all[:, lay.index(layer), :] - means[layer]
+                qg[:, glay.index(layer), :] = q_all[:, lay.index(layer), :] - means[layer]
             qg = qg.reshape(len(q_all), -1)
             jobs += [(seg, shard, qg) for seg in segments for shard in seg.groups[group]]
         c = max(kk, c // len(cover))  # the re-rank budget is shared by the groups
@@ -695,55 +704,63 @@ class AnnLayerIndex(FilterColumns):
         alive = np.flatnonzero(self._alive[:n])
         rng = np.random.default_rng(n)
         sample = np.sort(rng.choice(alive, min(len(alive), self.config.ann_train_sample), replace=False))
-        m = self.config.ann_pq_m
+        ms = sorted({m for _, m in self._groups})
 
         def train(layer):
             x = self._store.gather_f32(layer, sample)  # (s, 512)
             mean = x.mean(0)
-            pq = faiss.ProductQuantizer(DIM, m, 4)
-            if _gpu_count() > 0:  # UNTESTED (no GPU was lent): k-means assignment on the GPU
-                res = faiss.StandardGpuResources()
-                pq.assign_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(DIM // m))
-            pq.train(np.ascontiguousarray(x - mean))
-            pq.assign_index = None
-            return mean, faiss.vector_to_array(pq.centroids).reshape(m, 16, DIM // m)
+            x = np.ascontiguousarray(x - mean)
+            books = {}
+            for m in ms:
+                pq = faiss.ProductQuantizer(DIM, m, 4)
+                if _gpu_count() > 0:  # UNTESTED (no GPU was lent): k-means assignment on the GPU
+                    res = faiss.StandardGpuResources()
+                    pq.assign_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(DIM // m))
+                pq.train(x)
+                pq.assign_index = None
+                books[m] = faiss.vector_to_array(pq.centroids).reshape(m, 16, DIM // m)
+            return mean, books
 
         out = _map_layers(train, self._build_workers)
-        books = Codebooks(np.stack([o[0] for o in out]), np.stack([o[1] for o in out]))
+        books = Codebooks(np.stack([o[0] for o in out]), {m: np.stack([o[1][m] for o in out]) for m in ms})
         with self._lock.write():
             self._codebooks = books
             self._trained_n = len(alive)
-        log.info("ANN: trained %d layers (PQ %dx4) on %d of %d keys in %.1fs", N_LAYERS, m, len(sample),
-                 len(alive), time.perf_counter() - t0)
+        log.info("ANN: trained %d layers (PQ %sx4) on %d of %d keys in %.1fs", N_LAYERS, "/".join(map(str, ms)),
+                 len(sample), len(alive), time.perf_counter() - t0)
 
     def _build_segment(self, rows: np.ndarray) -> Segment:
         """Encode each layer once, then assemble every group index from the concatenated codes; large
         segments are split into `ann_threads` shards so that one search uses every core."""
         books = self._codebooks
-        pqs = [books.pq((layer,)) for layer in range(N_LAYERS)]
-        codes = [None] * N_LAYERS
+        ms = sorted(books.centroids)
+        codes = {m: [None] * N_LAYERS for m in ms}  # m -> per layer (rows, m/2) uint8
 
         def encode(layer):
-            out = np.empty((len(rows), books.m // 2), np.uint8)
+            pqs = {m: books.pq((layer,), m) for m in ms}
+            out = {m: np.empty((len(rows), m // 2), np.uint8) for m in ms}
             for s in range(0, len(rows), SCAN_CHUNK):
                 r = rows[s : s + SCAN_CHUNK]
                 contiguous = r[-1] - r[0] + 1 == len(r)
                 x = self._store.gather_f32(layer, slice(int(r[0]), int(r[-1]) + 1) if contiguous else r)
                 x -= books.means[layer]
-                out[s : s + len(r)] = pqs[layer].compute_codes(x)
-            codes[layer] = out
+                for m in ms:
+                    out[m][s : s + len(r)] = pqs[m].compute_codes(x)
+            for m in ms:
+                codes[m][layer] = out[m]
 
         _map_layers(encode, self._build_workers)
         n_shards = max(1, min(self.config.ann_threads, len(rows) // SHARD_MIN))
         cuts = np.linspace(0, len(rows), n_shards + 1).astype(int)
         groups = {}
         for group in self._groups:
+            glay, m = group
             shards = []
             for a, b in zip(cuts[:-1], cuts[1:]):
-                flat = faiss.IndexPQ(len(group) * DIM, len(group) * books.m, 4, faiss.METRIC_INNER_PRODUCT)
-                faiss.copy_array_to_vector(books.group_centroids(group), flat.pq.centroids)
+                flat = faiss.IndexPQ(len(glay) * DIM, len(glay) * m, 4, faiss.METRIC_INNER_PRODUCT)
+                faiss.copy_array_to_vector(books.group_centroids(glay, m), flat.pq.centroids)
                 flat.is_trained = True
-                flat.add_sa_codes(np.ascontiguousarray(np.hstack([codes[l][a:b] for l in group])))
+                flat.add_sa_codes(np.ascontiguousarray(np.hstack([codes[m][l][a:b] for l in glay])))
                 shards.append((faiss.IndexPQFastScan(flat), int(a)))
                 del flat
             groups[group] = tuple(shards)
@@ -790,7 +807,7 @@ class AnnLayerIndex(FilterColumns):
                 rows=n, columns=cols, identities=list(self._identities.by_name),
                 cameras=list(self._cameras.by_name), segments=self._segments,
                 codebooks=self._codebooks, covered=self._covered, trained_n=self._trained_n,
-                ann=self.ann, pq_m=self.config.ann_pq_m, groups=[list(g) for g in self._groups],
+                ann=self.ann, pq_m=self.config.ann_pq_m, groups=self._groups,
             )
             self._dirty = False
         self._store.flush()  # rows < n are on disk before the manifest names them
@@ -804,8 +821,8 @@ class AnnLayerIndex(FilterColumns):
         from . import snapshot
 
         state = snapshot.read(Path(path) / "snapshots")
-        groups = [list(g) for g in layer_groups(config)]
-        if state.ann != ann or (ann and (state.pq_m != config.ann_pq_m or state.groups != groups)):
+        if state.ann != ann or (ann and (state.pq_m != config.ann_pq_m
+                                         or tuple(state.groups) != layer_groups(config))):
             raise snapshot.SnapshotError("snapshot was written with other index settings (mode, PQ or groups)")
         self = cls(config, path, ann=ann, background=False)
         n = state.rows

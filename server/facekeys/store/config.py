@@ -9,6 +9,24 @@ from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
 
 GiB = 1 << 30
+PQ_MS = (16, 32, 64, 128)  # sub-quantisers per layer a 4-bit PQ may have (512 dims: 32, 16, 8, 4 dims each)
+
+
+def parse_group(spec: str, default_m: int) -> tuple[tuple[int, ...], int]:
+    """An `ann_groups` entry, "layers" or "layers/m" (layers as in Match: "1-4", "high:8", "9,10"), -> (0-based
+    layers, m sub-quantisers per layer). FAISS fast-scan accumulates in 16 bits: at most 512 per index."""
+    layers, _, m = str(spec).partition("/")
+    try:
+        m = int(m) if m else default_m
+    except ValueError:
+        raise InvalidArgument(f"ann_groups: {spec!r}: m after '/' must be one of {PQ_MS}") from None
+    if m not in PQ_MS:
+        raise InvalidArgument(f"ann_groups: {spec!r}: m must be one of {PQ_MS}, got {m}")
+    layers = tuple(parse_layers(layers))
+    if not 2 <= len(layers) <= 512 // m:
+        raise InvalidArgument(f"ann_groups: {spec!r} must hold 2..{512 // m} layers at {m} sub-quantisers per layer "
+                              "(FAISS fast-scan accumulates in 16 bits: at most 512 sub-quantisers per index)")
+    return layers, m
 
 
 @dataclass(frozen=True)
@@ -29,10 +47,13 @@ class StoreConfig:
     rebuild_batch: int = 4096  # keys read from LMDB per index add at start-up
     rerank_extra: int = 16  # candidates beyond top_k re-scored in float64 before the final order
     # -- ann mode (defaults measured in benchmarks/RESULTS.md) --
-    ann_pq_m: int = 64  # 4-bit PQ sub-quantisers per layer: m/2 bytes per key and layer (64 -> 32 B, 8 dims each)
-    ann_groups: tuple = ("high:4", "high:8", "9-16", "low:4")  # layer groups with a concatenated-code index (at
-    #                     most 512 / ann_pq_m layers each); a subset is served by the groups covering it, every
-    #                     single layer being a group too
+    ann_pq_m: int = 64  # 4-bit PQ sub-quantisers per layer (single layers and groups without "/m"): m/2 bytes per
+    #                     key and layer (64 -> 32 B, 8 dims each)
+    ann_groups: tuple = ("high:4", "high:8/32", "high:16/32", "9-16/32", "low:4", "low:2")  # layer groups with a
+    #                     concatenated-code index, "layers" or "layers/m" (m sub-quantisers per layer, default
+    #                     ann_pq_m; at most 512 per index); a subset is served by the groups covering it at the
+    #                     fewest code bytes, every single layer being a group too. Large groups use 32 per layer:
+    #                     half the bytes per scan at the same recall (benchmarks/RESULTS.md section 2)
     ann_candidates: int = 0  # candidates per group-index shard; 0 = 256 * sqrt(N / 10k), capped by ann_rerank_bytes
     ann_rerank_bytes: int = 32 << 20  # float16 bytes the exact re-rank of one probe may read (caps the default)
     ann_max_candidates: int = 16_384  # per-request limit on candidates
@@ -52,12 +73,10 @@ class StoreConfig:
             raise InvalidArgument(f"index_mode {self.index_mode!r} is not one of: exact, ann")
         if self.vector_dtype not in ("float32", "float16"):
             raise InvalidArgument(f"vector_dtype {self.vector_dtype!r} is not one of: float32, float16")
-        if self.ann_pq_m not in (16, 32, 64, 128):
-            raise InvalidArgument(f"ann_pq_m must be one of 16, 32, 64, 128, got {self.ann_pq_m}")
+        if self.ann_pq_m not in PQ_MS:
+            raise InvalidArgument(f"ann_pq_m must be one of {PQ_MS}, got {self.ann_pq_m}")
         for g in self.ann_groups:
-            if not 2 <= len(parse_layers(g)) <= 512 // self.ann_pq_m:
-                raise InvalidArgument(f"ann_groups: {g!r} must hold 2..{512 // self.ann_pq_m} layers (FAISS fast-scan "
-                                      "accumulates in 16 bits: at most 512 sub-quantisers per index)")
+            parse_group(g, self.ann_pq_m)
         for name in ("ann_max_candidates", "ann_train_min", "ann_merge_rows", "ann_max_segments", "ann_threads",
                      "ann_train_sample", "ann_rerank_bytes"):
             if getattr(self, name) < 1:

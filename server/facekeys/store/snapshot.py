@@ -5,7 +5,7 @@ A snapshot of one `AnnLayerIndex` lives in `<index dir>/snapshots/`:
     snap-<seq>/manifest.json   format, rows, alive count, digest of the alive key ids, files with sizes
                                (and sha256 for the small ones), segment layout
     snap-<seq>/columns.npz     ids, alive, norms, filter columns, interned names
-    snap-<seq>/codebooks.npz   per-layer means and PQ centroids
+    snap-<seq>/codebooks.npz   per-layer means and PQ centroids (one array per sub-quantiser count m)
     snap-<seq>/s<SS>-rows.npy, s<SS>-g<GG>-<H>.faiss    each segment's rows and group-index shards
     CURRENT                    the name of the snapshot in force
 
@@ -45,7 +45,7 @@ from facekeys.errors import FacekeysError
 
 log = logging.getLogger("facekeys.store.snapshot")
 
-FORMAT = 1
+FORMAT = 2  # 2: groups carry their PQ width m (codebooks per m)
 CONTENT_SAMPLE = 8  # keys whose vectors are compared with LMDB when a snapshot is adopted
 
 
@@ -65,7 +65,7 @@ class IndexState:
     trained_n: int
     ann: bool
     pq_m: int
-    groups: list
+    groups: tuple  # ((layers tuple, m), ...): the group indexes of every segment
 
 
 def ids_digest(ids: np.ndarray) -> str:
@@ -116,7 +116,8 @@ def write(root: Path, state: IndexState) -> Path:
     done("columns.npz", checksum=True)
     if state.codebooks is not None:
         with open(tmp / "codebooks.npz", "wb") as f:
-            np.savez(f, means=state.codebooks.means, centroids=state.codebooks.centroids)
+            np.savez(f, means=state.codebooks.means,
+                     **{f"centroids_{m}": c for m, c in state.codebooks.centroids.items()})
         done("codebooks.npz", checksum=True)
     segments = []
     for s, seg in enumerate(state.segments):
@@ -124,7 +125,7 @@ def write(root: Path, state: IndexState) -> Path:
         done(f"s{s:02d}-rows.npy", checksum=True)
         shards = []
         for g, group in enumerate(state.groups):
-            for h, (ix, offset) in enumerate(seg.groups[tuple(group)]):
+            for h, (ix, offset) in enumerate(seg.groups[group]):
                 name = f"s{s:02d}-g{g:02d}-{h}.faiss"
                 faiss.write_index(ix, str(tmp / name))
                 done(name)
@@ -135,7 +136,7 @@ def write(root: Path, state: IndexState) -> Path:
         "format": FORMAT, "created": time.time(), "rows": state.rows, "count": int(len(ids)),
         "digest": ids_digest(ids), "covered": state.covered, "trained_n": state.trained_n,
         "ann": state.ann, "pq_m": state.pq_m, "codebooks": state.codebooks is not None,
-        "groups": state.groups, "segments": segments, "files": files,
+        "groups": [[list(layers), m] for layers, m in state.groups], "segments": segments, "files": files,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _fsync_path(tmp / "manifest.json")
@@ -201,16 +202,17 @@ def read(root: Path) -> IndexState:
         codebooks = None
         if m["codebooks"]:
             with np.load(d / "codebooks.npz", allow_pickle=False) as z:
-                codebooks = Codebooks(z["means"], z["centroids"])
+                books = {int(k.split("_")[1]): z[k] for k in z.files if k.startswith("centroids_")}
+                codebooks = Codebooks(z["means"], books)
         segments = []
-        groups = [tuple(g) for g in m["groups"]]
+        groups = [(tuple(layers), int(pq_m)) for layers, pq_m in m["groups"]]
         for s, info in enumerate(m["segments"]):
             rows = np.load(d / f"s{s:02d}-rows.npy", allow_pickle=False)
             by_group: dict = {g: [] for g in groups}
             for g, name, offset in info["shards"]:
                 by_group[groups[g]].append((faiss.read_index(str(d / name)), int(offset)))
             for g, shards in by_group.items():
-                if sum(ix.ntotal for ix, _ in shards) != len(rows) or any(ix.d != len(g) * DIM for ix, _ in shards):
+                if sum(ix.ntotal for ix, _ in shards) != len(rows) or any(ix.d != len(g[0]) * DIM for ix, _ in shards):
                     raise SnapshotError(f"{d.name}: segment {s} disagrees with its rows")
             segments.append(Segment(rows, {g: tuple(v) for g, v in by_group.items()}))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -219,7 +221,7 @@ def read(root: Path) -> IndexState:
     if len(ids) != m["rows"] or int(alive.sum()) != m["count"] or ids_digest(ids[alive]) != m["digest"]:
         raise SnapshotError(f"{d.name}: columns disagree with the manifest")
     return IndexState(m["rows"], cols, identities, cameras, tuple(segments), codebooks, m["covered"],
-                      m["trained_n"], m["ann"], m["pq_m"], [list(g) for g in groups])
+                      m["trained_n"], m["ann"], m["pq_m"], tuple(groups))
 
 
 # -- LMDB side --------------------------------------------------------------------------------------
