@@ -591,12 +591,14 @@ class AnnLayerIndex(FilterColumns):
             for layer in part:
                 qg[:, glay.index(layer), :] = q_all[:, lay.index(layer), :] - means[layer]
             qg = qg.reshape(len(q_all), -1)
-            jobs += [(seg, shard, qg) for seg in segments for shard in seg.groups[group]]
-        c = max(kk, c // len(cover))  # the re-rank budget is shared by the groups
+            # the re-rank budget is shared by the groups in proportion to the subset layers each answers for (at 1M,
+            # all 18 layers = high:16 + 17-18: recall@1 0.965 vs 0.955 with equal shares, ad hoc, same latency)
+            cg = max(kk, c * len(part) // len(lay))
+            jobs += [(seg, shard, qg, cg) for seg in segments for shard in seg.groups[group]]
 
         def one(job):
-            seg, (ix, offset), qg = job
-            _, I = ix.search(qg, min(c, ix.ntotal))
+            seg, (ix, offset), qg, cg = job
+            _, I = ix.search(qg, min(cg, ix.ntotal))
             return np.where(I >= 0, seg.rows[offset + np.maximum(I, 0)], -1)
 
         found = np.concatenate(list(self._pool.map(one, jobs)), 1) if len(jobs) > 1 else one(jobs[0])

@@ -294,8 +294,7 @@ class FlatLayerIndex(FilterColumns):
     ) -> SearchResult:
         q_all = probes[:, list(layers), :]  # (Q, |S|, 512)
         nq = len(probes)
-        qn2 = np.einsum("qld,qld->q", q_all, q_all, dtype=np.float64)  # (Q,)
-        if metric == "cosine" and np.any(qn2 == 0):
+        if metric == "cosine" and not q_all.reshape(nq, -1).any(1).all():
             raise InvalidArgument("probe is all zeros over the selected layers: cosine is undefined")
         with self._lock.read():
             n = self._n
@@ -306,7 +305,7 @@ class FlatLayerIndex(FilterColumns):
                 return SearchResult(empty.astype(np.int64), empty, 0)
             views = [self._layer(layer) for layer in layers]
             kk = min(searched, k + self._rerank_extra)
-            cand = self._scan(views, q_all, qn2, layers, metric, kk, n, mask, searched)  # (Q, kk) rows
+            cand = self._scan(views, q_all, layers, metric, kk, n, mask, searched)  # (Q, kk) rows
             return self._rerank(views, q_all, metric, k, cand, searched)
 
     def _blocks(self, n: int, mask: np.ndarray | None, searched: int):
@@ -321,7 +320,7 @@ class FlatLayerIndex(FilterColumns):
         return [(slice(s, min(n, s + step)), None if mask is None else mask[s : min(n, s + step)])
                 for s in range(0, n, step)]
 
-    def _scan(self, views, q_all, qn2, layers, metric, kk, n, mask, searched) -> np.ndarray:
+    def _scan(self, views, q_all, layers, metric, kk, n, mask, searched) -> np.ndarray:
         """Approximate-order candidates (Q, kk) by row number: the best kk of every block, merged."""
         gather = mask is not None and searched < GATHER_BELOW * n
         if len(q_all) == 1 and not gather:
