@@ -53,7 +53,7 @@ class StoreConfig:
     #                     concatenated-code index, "layers" or "layers/m" (m sub-quantisers per layer, default
     #                     ann_pq_m; at most 512 per index); a subset is served by the groups covering it at the
     #                     fewest code bytes, every single layer being a group too. Large groups use 32 per layer:
-    #                     half the bytes per scan at the same recall (benchmarks/RESULTS.md section 2)
+    #                     half the bytes per scan at nearly the same recall (benchmarks/RESULTS.md section 2)
     ann_candidates: int = 0  # candidates per group-index shard; 0 = 256 * sqrt(N / 10k), capped by ann_rerank_bytes
     ann_rerank_bytes: int = 32 << 20  # float16 bytes the exact re-rank of one probe may read (caps the default)
     ann_max_candidates: int = 16_384  # per-request limit on candidates
