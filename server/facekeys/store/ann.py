@@ -13,9 +13,9 @@ Layout (one `AnnLayerIndex` per encoder):
     segments  immutable candidate generators over a row range: one FAISS PQ fast-scan index (inner
               product) per layer group, for every single layer and the configured groups (high:4, high:8/32,
               high:16/32, 9-16/32, low:4, low:2). A group's PQ is its layers' PQs of its m side by side, so its
-              codes are the per-layer codes concatenated (each layer is encoded once per m). Built and swapped in by a background
-              thread, never mutated after publication (searches need no lock against the builder); large
-              segments are split into `ann_threads` shards searched in parallel.
+              codes are the per-layer codes concatenated (each layer is encoded once per m). Built and swapped
+              in by a background thread, never mutated after publication (searches need no lock against the
+              builder); large segments are split into `ann_threads` shards searched in parallel.
     buffer    rows not yet covered by a segment (new keys, or everything before the first training):
               scanned exactly, beside the segments. New keys are searchable the moment `add` returns.
 
