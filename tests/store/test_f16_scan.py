@@ -335,3 +335,58 @@ def test_c_exact_refuses_bad_arguments():
             exact(*args)
     with pytest.raises(ValueError, match="not available"):
         exact(out, q, [x], rows, "l2", kernel="no-such-kernel")
+
+
+@needs_c
+@pytest.mark.parametrize("m,k", [(0, 5), (1, 1), (7, 3), (300, 26), (300, 300), (10, 20), (5000, 1)])
+def test_c_smallest_equals_sorted_oracle(m, k):
+    """smallest(): the k smallest values, best first; among equal values the earliest positions; NaN and +inf
+    never selected (so fewer than k may come back: the rest of pos/vals is untouched)."""
+    rng = np.random.default_rng(m * 31 + k)
+    cost = rng.integers(-20, 20, m).astype(np.float32)  # many ties
+    if m >= 7:
+        cost[[1, 4]] = np.nan
+        cost[[2, 5]] = np.inf
+        cost[6] = -np.inf
+    pos = np.full(k, -7, np.int64)
+    vals = np.full(k, 9.5, np.float32)
+    got = ann._f16dot.smallest(cost, pos, vals)
+    ok = np.flatnonzero(cost < np.inf)  # finite or -inf
+    want = ok[np.lexsort((ok, cost[ok]))][:k]  # by value, ties by position
+    assert got == len(want)
+    np.testing.assert_array_equal(pos[:got], want)
+    np.testing.assert_array_equal(vals[:got], cost[want])
+    assert (pos[got:] == -7).all() and (vals[got:] == 9.5).all()
+
+
+@needs_c
+def test_c_smallest_refuses_bad_arguments():
+    cost = np.zeros(5, np.float32)
+    for args, exc in [((cost.astype(np.float64), np.zeros(2, np.int64), np.zeros(2, np.float32)), TypeError),
+                      ((cost, np.zeros(2, np.int32), np.zeros(2, np.float32)), TypeError),
+                      ((cost, np.zeros(2, np.int64), np.zeros(3, np.float32)), TypeError),
+                      ((cost.reshape(1, 5), np.zeros(2, np.int64), np.zeros(2, np.float32)), TypeError)]:
+        with pytest.raises(exc):
+            ann._f16dot.smallest(*args)
+    ro = np.zeros(2, np.int64)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError):
+        ann._f16dot.smallest(cost, ro, np.zeros(2, np.float32))
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_smallest_k_one_row_and_many(monkeypatch, use_c):
+    """vectors.smallest_k: one row through the C heap (when built), several through FAISS' heap; the same
+    contract either way: best first, offset by `first`, position -1 where fewer are selectable."""
+    from facekeys.store import vectors
+
+    if use_c and vectors._f16dot is None:
+        pytest.skip("C kernel not built")
+    if not use_c:
+        monkeypatch.setattr(vectors, "_f16dot", None)
+    cost = np.array([[5, 1, np.inf, 3, np.nan, 2]], np.float32)
+    pos, vals = vectors.smallest_k(cost, 5, first=100)
+    np.testing.assert_array_equal(pos, [[101, 105, 103, 100, -1]])
+    np.testing.assert_array_equal(vals[:, :4], [[1, 2, 3, 5]])
+    pos2, vals2 = vectors.smallest_k(np.concatenate([cost, cost[:, ::-1]]), 2)
+    np.testing.assert_array_equal(pos2, [[1, 5], [4, 0]])

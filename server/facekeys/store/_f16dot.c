@@ -26,6 +26,10 @@
  *           sqrt(sum (x - q)^2); "cosine" -> <q, x> / (|q| |x|), 0 where either norm is 0. Reads the rows in
  *           place (no gathered copies); q (L, dim) float32, rows int64. kernel= as for dot().
  *
+ * smallest(cost, pos, vals) -> count   the k = len(pos) smallest values of cost (float32, 1-D) with their
+ *           positions, best first (pos int64, vals float32, both k long): a bounded max-heap in one pass. NaN and +inf
+ *           are never selected; returns how many were (the rest of pos/vals is left as it was).
+ *
  * kernels() -> tuple of the kernels this CPU can run, best first; KERNEL: the one dot() uses by default.
  * dot(..., kernel="scalar") forces one of them (tests compare them).
  */
@@ -652,6 +656,81 @@ done:
     return ret;
 }
 
+/* -- selection --------------------------------------------------------------------------------------------- */
+/* max-heap of (value, position) on [0, n): the largest value at the root; ties: the larger position is "larger",
+ * so that among equal values the earliest positions are kept */
+static inline int heap_gt(float va, int64_t pa, float vb, int64_t pb) { return va > vb || (va == vb && pa > pb); }
+
+static void heap_down(float *v, int64_t *p, int64_t n, int64_t i) {
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && heap_gt(v[l], p[l], v[m], p[m])) m = l;
+        if (r < n && heap_gt(v[r], p[r], v[m], p[m])) m = r;
+        if (m == i) return;
+        float tv = v[i]; v[i] = v[m]; v[m] = tv;
+        int64_t tp = p[i]; p[i] = p[m]; p[m] = tp;
+        i = m;
+    }
+}
+
+/* the k smallest finite-or-minus-inf values of x[0..m), best first, into vals/pos; returns how many */
+static int64_t select_smallest(const float *x, int64_t m, int64_t k, float *vals, int64_t *pos) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < m; i++) {
+        float v = x[i];
+        if (!(v < INFINITY)) continue; /* NaN, +inf */
+        if (n < k) {
+            int64_t j = n++; /* sift up */
+            vals[j] = v; pos[j] = i;
+            while (j > 0) {
+                int64_t up = (j - 1) / 2;
+                if (!heap_gt(vals[j], pos[j], vals[up], pos[up])) break;
+                float tv = vals[j]; vals[j] = vals[up]; vals[up] = tv;
+                int64_t tp = pos[j]; pos[j] = pos[up]; pos[up] = tp;
+                j = up;
+            }
+        } else if (k > 0 && v < vals[0]) {
+            vals[0] = v; pos[0] = i;
+            heap_down(vals, pos, n, 0);
+        }
+    }
+    for (int64_t e = n - 1; e > 0; e--) { /* heap sort: ascending */
+        float tv = vals[0]; vals[0] = vals[e]; vals[e] = tv;
+        int64_t tp = pos[0]; pos[0] = pos[e]; pos[e] = tp;
+        heap_down(vals, pos, e, 0);
+    }
+    return n;
+}
+
+static PyObject *py_smallest(PyObject *self, PyObject *args) {
+    PyObject *cost_o, *pos_o, *vals_o;
+    if (!PyArg_ParseTuple(args, "OOO:smallest", &cost_o, &pos_o, &vals_o)) return NULL;
+    Py_buffer cb = {0}, pb = {0}, vb = {0};
+    PyObject *ret = NULL;
+    if (get_buf(cost_o, &cb, 0, "cost") < 0) return NULL;
+    if (get_buf(pos_o, &pb, 1, "pos") < 0) goto done;
+    if (get_buf(vals_o, &vb, 1, "vals") < 0) goto done;
+    if (!fmt_is(&cb, 'f') || cb.ndim != 1) { PyErr_SetString(PyExc_TypeError, "cost must be 1-D float32"); goto done; }
+    if (!(fmt_is(&pb, 'l') || fmt_is(&pb, 'q')) || pb.itemsize != 8 || pb.ndim != 1) {
+        PyErr_SetString(PyExc_TypeError, "pos must be a 1-D int64 array");
+        goto done;
+    }
+    if (!fmt_is(&vb, 'f') || vb.ndim != 1 || vb.shape[0] != pb.shape[0]) {
+        PyErr_SetString(PyExc_TypeError, "vals must be 1-D float32, as long as pos");
+        goto done;
+    }
+    int64_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = select_smallest((const float *)cb.buf, cb.shape[0], pb.shape[0], (float *)vb.buf, (int64_t *)pb.buf);
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromLongLong(n);
+done:
+    if (vb.obj) PyBuffer_Release(&vb);
+    if (pb.obj) PyBuffer_Release(&pb);
+    PyBuffer_Release(&cb);
+    return ret;
+}
+
 static PyObject *py_kernels(PyObject *self, PyObject *unused) {
     PyObject *t = PyTuple_New(N_KERNELS);
     if (!t) return NULL;
@@ -671,6 +750,9 @@ static PyMethodDef methods[] = {
     {"exact", (PyCFunction)(void (*)(void))py_exact, METH_VARARGS | METH_KEYWORDS,
      "exact(out, q, layers, rows, metric, kernel=None): out[i] (float64) = the 'l2' distance or 'cosine' similarity of q "
      "(L, dim) float32 and row rows[i] of the L float16 or float32 layers, accumulated in float64; releases the GIL."},
+    {"smallest", py_smallest, METH_VARARGS,
+     "smallest(cost, pos, vals) -> count: the len(pos) smallest values of 1-D float32 cost, best first (NaN and "
+     "+inf never selected); releases the GIL."},
     {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
     {NULL, NULL, 0, NULL}};
 
