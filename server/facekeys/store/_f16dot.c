@@ -748,8 +748,9 @@ static PyMethodDef methods[] = {
      "sum over layers l of <q[p, l], row i of layers[l]> (float16 or float32 rows), float32; releases the GIL. "
      "norms=, metric='l2'|'cosine' (one probe): out holds the scan's costs instead."},
     {"exact", (PyCFunction)(void (*)(void))py_exact, METH_VARARGS | METH_KEYWORDS,
-     "exact(out, q, layers, rows, metric, kernel=None): out[i] (float64) = the 'l2' distance or 'cosine' similarity of q "
-     "(L, dim) float32 and row rows[i] of the L float16 or float32 layers, accumulated in float64; releases the GIL."},
+     "exact(out, q, layers, rows, metric, kernel=None): out[i] (float64) = the 'l2' distance or 'cosine' "
+     "similarity of q (L, dim) float32 and row rows[i] of the L float16 or float32 layers, accumulated in float64; "
+     "releases the GIL."},
     {"smallest", py_smallest, METH_VARARGS,
      "smallest(cost, pos, vals) -> count: the len(pos) smallest values of 1-D float32 cost, best first (NaN and "
      "+inf never selected); releases the GIL."},
