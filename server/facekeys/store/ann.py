@@ -50,7 +50,7 @@ Without the extension (`F16_KERNEL == "numpy"`), numpy's float16 cast being scal
 the scan reinterprets the float16 bits as float32 with two integer operations ((int16 -> int32) << 13, clear
 bits 28..30): that yields value * 2**-112 exactly (subnormals included), the 2**112 is folded into the probe,
 and FAISS' SIMD dot (or BLAS for batches) scores the converted block. Per-layer squared norms are kept
-layer-major, and each chunk's best rows are taken with FAISS' heap (`vectors.smallest_k`).
+layer-major, and each chunk's best rows are taken with a heap selection (`vectors.smallest_k`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ from facekeys.records import Filter
 from .config import StoreConfig, parse_group
 from .rwlock import RWLock
 from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _costs, _one_omp_thread, exact_scores,
-                      single_threaded_blas, smallest_k)
+                      require_cosine_defined, single_threaded_blas, smallest_k)
 
 try:  # optional C kernel (setup.py builds it when it can); never compiled at import
     from . import _f16dot
@@ -454,9 +454,7 @@ class AnnLayerIndex(FilterColumns):
         lay = list(layers)
         q_all = np.ascontiguousarray(probes[:, lay, :], dtype=np.float32)  # (Q, |S|, 512)
         nq = len(q_all)
-        qn2 = np.einsum("qld,qld->ql", q_all, q_all, dtype=np.float64)  # (Q, |S|)
-        if metric == "cosine" and np.any(qn2.sum(1) == 0):
-            raise InvalidArgument("probe is all zeros over the selected layers: cosine is undefined")
+        require_cosine_defined(q_all, metric)
         kk = k + self.config.rerank_extra
         with self._lock.read():
             n = self._store.rows
@@ -469,7 +467,7 @@ class AnnLayerIndex(FilterColumns):
             exact_all = (exact or not self.ann or not segments
                          or searched * len(lay) * DIM * 2 <= self.config.ann_exact_bytes)
             if exact_all:
-                pools = self._scan(q_all, qn2, lay, metric, min(kk, searched), np.flatnonzero(mask)
+                pools = self._scan(q_all, lay, metric, min(kk, searched), np.flatnonzero(mask)
                                    if searched < n else slice(0, n))
             else:
                 pools = self._ann_pools(q_all, lay, kk, segments, covered, mask, searched, candidates)
@@ -477,15 +475,15 @@ class AnnLayerIndex(FilterColumns):
                 buf_rows = np.flatnonzero(mask[covered:n]) + covered
                 for i in range(nq):  # float32 scores of the pool (exact float16 values), best kk kept
                     rows = np.concatenate([pools[i], buf_rows]) if 0 < len(buf_rows) <= 4096 else pools[i]
-                    pools[i] = self._scan(q_all[i : i + 1], qn2[i : i + 1], lay, metric, min(kk, len(rows)),
-                                          rows)[0] if len(rows) else rows
+                    if len(rows):
+                        pools[i] = self._scan(q_all[i : i + 1], lay, metric, min(kk, len(rows)), rows)[0]
                 if len(buf_rows) > 4096:
-                    extra = self._scan(q_all, qn2, lay, metric, min(kk, len(buf_rows)), buf_rows)
+                    extra = self._scan(q_all, lay, metric, min(kk, len(buf_rows)), buf_rows)
                     pools = [np.concatenate([a, b]) for a, b in zip(pools, extra)]
             return self._rerank(q_all, lay, metric, k, pools, searched)
 
     # exact float16 scan ---------------------------------------------------------------------------
-    def _scan(self, q_all, qn2, lay, metric, kk, rows) -> list[np.ndarray]:
+    def _scan(self, q_all, lay, metric, kk, rows) -> list[np.ndarray]:
         """Exact-scan candidates: per probe, the kk best rows (float32 scores of the float16 vectors)."""
         n_rows = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
         per_part = RANGE_PART_MIN if isinstance(rows, slice) else LISTED_PART_MIN

@@ -124,8 +124,9 @@ def exact_scores(q: np.ndarray, views: Sequence[np.ndarray], rows: np.ndarray, m
     float64 from the exact values of the stored floats.
 
     views: per selected layer, a (n, 512) C-contiguous float32 or float16 array; rows: (m,) int64. The C kernel
-    reads the rows in place (~40 us for 26 rows x 18 layers); numpy's path goes layer by layer, so no
-    (m, |S| * 512) float64 copy is made (such copies cost ~3 ms per search at 18 layers, mostly page faults)."""
+    reads the rows in place (~40-60 us warm for 26 rows x 18 layers); numpy's path goes layer by layer, so no
+    (m, |S| * 512) float64 copy is made (such a copy and its products took ~3.5 ms per search at 10k keys x 18
+    layers in a cProfile)."""
     rows = np.ascontiguousarray(rows, np.int64)
     out = np.empty(len(rows), np.float64)
     if _f16dot is not None:
@@ -146,6 +147,12 @@ def exact_scores(q: np.ndarray, views: Sequence[np.ndarray], rows: np.ndarray, m
         return np.sqrt(acc, out=out)
     denom = np.sqrt(np.einsum("ld,ld->", q64, q64)) * np.sqrt(xn2)
     return np.divide(acc, denom, out=np.zeros_like(acc), where=denom > 0)
+
+
+def require_cosine_defined(q_all: np.ndarray, metric: str) -> None:
+    """Cosine needs every probe (Q, |S|, 512) to be nonzero over the selected layers."""
+    if metric == "cosine" and not q_all.reshape(len(q_all), -1).any(1).all():
+        raise InvalidArgument("probe is all zeros over the selected layers: cosine is undefined")
 
 
 class FilterColumns:
@@ -192,7 +199,7 @@ class FlatLayerIndex(FilterColumns):
 
     Each layer is one contiguous (capacity, 512) row block of a numpy array, the layout of a FAISS flat index's
     storage, scored by FAISS' flat inner-product kernel (`fvec_inner_products_ny`) or the C kernel and ranked by
-    FAISS' heap selection. The array is numpy's rather than an `IndexFlatIP`'s own `std::vector` because numpy
+    a heap selection (`smallest_k`). The array is numpy's rather than an `IndexFlatIP`'s own `std::vector` because numpy
     puts large buffers on 2 MiB transparent huge pages (THP is madvise-only on these hosts, FAISS never advises):
     the same kernel over the same rows scans 1-11 % faster from them in `benchmarks/bench_pages.py` (up to 29 %
     in earlier ad-hoc runs; benchmarks/RESULTS.md section 1)."""
@@ -294,8 +301,7 @@ class FlatLayerIndex(FilterColumns):
     ) -> SearchResult:
         q_all = probes[:, list(layers), :]  # (Q, |S|, 512)
         nq = len(probes)
-        if metric == "cosine" and not q_all.reshape(nq, -1).any(1).all():
-            raise InvalidArgument("probe is all zeros over the selected layers: cosine is undefined")
+        require_cosine_defined(q_all, metric)
         with self._lock.read():
             n = self._n
             mask = self._admitted(flt)
