@@ -106,18 +106,21 @@ def test_filters_equal_oracle_on_subset(store_factory, metric):
         assert_topk_matches_oracle(r.results[0].hits, scores, 5, metric)
 
 
-@pytest.mark.parametrize("kernel", ["c", "faiss"])
+@pytest.mark.parametrize("kernel,wake", [("c", None), ("c", 0), ("c", 1 << 40), ("faiss", None)])
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_one_probe_path_after_deletes_equals_oracle(store_factory, monkeypatch, metric, kernel):
+def test_one_probe_path_after_deletes_equals_oracle(store_factory, monkeypatch, metric, kernel, wake):
     """A single probe takes the one-probe scan (the C kernel, or FAISS' SIMD dot without it; not BLAS):
-    shared out between the scan threads, after deletions compacted the rows, and with an all-zero key (cosine
-    scores it 0, never NaN)."""
+    shared out between the scan threads (the caller's share larger by WAKE_BYTES: as set, equal shares, or
+    every row while the other share is empty), after deletions compacted the rows, and with an all-zero key
+    (cosine scores it 0, never NaN)."""
     from facekeys.store import vectors
 
     if kernel == "c" and vectors._f16dot is None:
         pytest.skip("C kernel not built (pip install -e . builds it)")
     if kernel == "faiss":
         monkeypatch.setattr(vectors, "_f16dot", None)
+    if wake is not None:
+        monkeypatch.setattr(vectors, "WAKE_BYTES", wake)
     monkeypatch.setattr(vectors, "MIN_JOB_BYTES", 1)  # every scan thread takes a share, however small
     store = store_factory()
     gallery = random_keys(700, seed=11)

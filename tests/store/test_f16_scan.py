@@ -390,3 +390,126 @@ def test_smallest_k_one_row_and_many(monkeypatch, use_c):
     np.testing.assert_array_equal(vals[:, :4], [[1, 2, 3, 5]])
     pos2, vals2 = vectors.smallest_k(np.concatenate([cost, cost[:, ::-1]]), 2)
     np.testing.assert_array_equal(pos2, [[1, 5], [4, 0]])
+
+
+def scan_costs(q: np.ndarray, layers, norms, metric: str, kernel: str) -> np.ndarray:
+    """The one-probe scan's costs of every row, from dot(norms=, metric=) (tested above against float64)."""
+    out = np.empty(len(layers[0]), np.float32)
+    ann._f16dot.dot(out, q, layers, 0, len(out), norms=norms, metric=metric, kernel=kernel)
+    return out
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("n_layers,dim,n,k", [(1, DIM, 2500, 26), (4, DIM, 700, 5), (2, 37, 300, 300),
+                                              (3, 48, 9, 20)])
+def test_c_top_equals_scan_then_sorted_selection(kernel, metric, dtype, n_layers, dim, n, k):
+    """top(): the k best rows of a range by the very costs dot(norms=, metric=) gives, best first, ties by row (integer
+    vectors make many), a zero row included; with a mask only admitted rows; ranges that start mid-block and are
+    shorter than k; what it does not fill is left as it was."""
+    rng = np.random.default_rng([n_layers, dim, n, k])
+    layers = [rng.integers(-2, 3, (n, dim)).astype(dtype) for _ in range(n_layers)]
+    for a in layers:
+        a[3] = 0
+        a[n // 2] = a[1]  # equal rows: equal costs
+    norms = [np.einsum("nd,nd->n", a.astype(np.float32), a.astype(np.float32)) for a in layers]
+    q = rng.integers(-2, 3, (n_layers, dim)).astype(np.float32)
+    cost = scan_costs(q, layers, norms, metric, kernel)
+    mask = rng.random(n) < 0.6
+    for start, stop, m in [(0, n, None), (0, n, mask), (n // 3, n - 1, None), (n // 3, n - 1, mask), (5, 5, None)]:
+        pos = np.full(k, -7, np.int64)
+        vals = np.full(k, 9.5, np.float32)
+        got = ann._f16dot.top(q, layers, norms, metric, pos, vals, start, stop, m, kernel=kernel)
+        rows = np.arange(start, stop)
+        if m is not None:
+            rows = rows[m[start:stop]]
+        want = rows[np.lexsort((rows, cost[rows]))][:k]  # by cost, ties by row
+        assert got == len(want)
+        np.testing.assert_array_equal(pos[:got], want)
+        np.testing.assert_array_equal(vals[:got], cost[want])
+        assert (pos[got:] == -7).all() and (vals[got:] == 9.5).all()
+
+
+@needs_c
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_c_rank_merges_shares_rescores_and_orders(metric, dtype):
+    """rank(): shares' top() results side by side (-1 where a share found fewer) -> the kk best by cost, re-scored as
+    exact() does, ordered best first with ties by key id, the first len(out_ids) written; equals one top() over
+    the whole range followed by the plain float64 oracle."""
+    rng = np.random.default_rng(21)
+    n, n_layers, kk, k = 900, 3, 12, 7
+    layers = [rng.integers(-2, 3, (n, DIM)).astype(dtype) for _ in range(n_layers)]
+    for a in layers:
+        a[[10, 400, 850]] = a[5]  # four equal rows: score ties, broken by key id
+    norms = [np.einsum("nd,nd->n", a.astype(np.float32), a.astype(np.float32)) for a in layers]
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)  # key ids unrelated to row order
+    q = np.stack([a[5] for a in layers]).astype(np.float32)  # the probe is row 5 (and its copies)
+    cuts = [0, 430, 431, n]  # the middle share holds one row: it pads with -1
+    pos = np.full(3 * kk, -1, np.int64)
+    vals = np.empty(3 * kk, np.float32)
+    for i in range(3):
+        ann._f16dot.top(q, layers, norms, metric, pos[i * kk:(i + 1) * kk], vals[i * kk:(i + 1) * kk], cuts[i],
+                        cuts[i + 1])
+    out_ids = np.full(k, -3, np.int64)
+    out_scores = np.full(k, 0.25)
+    got = ann._f16dot.rank(q, layers, metric, pos, vals, kk, ids, out_ids, out_scores)
+    whole_pos, whole_vals = np.full(kk, -1, np.int64), np.empty(kk, np.float32)
+    ann._f16dot.top(q, layers, norms, metric, whole_pos, whole_vals, 0, n)
+    s = rerank_oracle(q, layers, whole_pos, metric)
+    order = np.lexsort((ids[whole_pos], -s if metric == "cosine" else s))[:k]
+    assert got == k
+    np.testing.assert_array_equal(out_ids, ids[whole_pos[order]])
+    np.testing.assert_allclose(out_scores, s[order], rtol=1e-12, atol=1e-12)
+    tied = sorted(ids[[5, 10, 400, 850]])
+    np.testing.assert_array_equal(out_ids[:4], tied)  # the probe's own row and its three copies, by key id
+    # fewer candidates than out_ids: only those written
+    few = np.array([-1, 7, -1, 2], np.int64)
+    o_ids, o_sc = np.full(5, -3, np.int64), np.full(5, 0.25)
+    assert ann._f16dot.rank(q, layers, metric, few, np.zeros(4, np.float32), kk, ids, o_ids, o_sc) == 2
+    assert (o_ids[2:] == -3).all() and (o_sc[2:] == 0.25).all()
+    assert set(o_ids[:2]) == {ids[7], ids[2]}
+
+
+@needs_c
+def test_c_top_and_rank_refuse_bad_arguments():
+    top, rank = ann._f16dot.top, ann._f16dot.rank
+    x = np.ones((10, DIM), np.float32)
+    nx = [np.full(10, float(DIM), np.float32)]
+    q = np.ones((1, DIM), np.float32)
+    pos, vals = np.full(3, -1, np.int64), np.zeros(3, np.float32)
+    assert top(q, [x], nx, "l2", pos, vals, 0, 10) == 3  # fine
+    bad_top = [
+        ((q, [x], nx, "dot", pos, vals, 0, 10), ValueError, "metric"),
+        ((q, [x], nx, "l2", pos, vals, 0, 11), IndexError, "out of range"),
+        ((q, [x], nx, "l2", pos, vals, 4, 3), IndexError, "out of range"),
+        ((q, [x], [nx[0][:5]], "l2", pos, vals, 0, 10), ValueError, "at least 10"),
+        ((q, [x], nx * 2, "l2", pos, vals, 0, 10), ValueError, "norms has 2"),
+        ((q, [x], nx, "l2", pos.astype(np.int32), vals, 0, 10), TypeError, "int64"),
+        ((q, [x], nx, "l2", pos, vals[:2], 0, 10), TypeError, "as long as pos"),
+        ((q, [x], nx, "l2", pos, vals, 0, 10, np.ones(10, np.int64)), TypeError, "mask"),
+        ((q, [x], nx, "l2", pos, vals, 0, 10, np.ones(9, bool)), TypeError, "mask"),
+        ((q.astype(np.float64), [x], nx, "l2", pos, vals, 0, 10), TypeError, "float32"),
+        ((q, [x, x], nx, "l2", pos, vals, 0, 10), ValueError, "layers"),
+    ]
+    for args, exc, match in bad_top:
+        with pytest.raises(exc, match=match):
+            top(*args)
+    ids = np.arange(10, dtype=np.int64)
+    oi, osc = np.empty(2, np.int64), np.empty(2)
+    assert rank(q, [x], "l2", pos, vals, 3, ids, oi, osc) == 2  # fine
+    bad_rank = [
+        ((q, [x], "l2", np.array([0, 10, 1]), vals, 3, ids, oi, osc), IndexError, "out of range"),
+        ((q, [x], "l2", np.array([0, -2, 1]), vals, 3, ids, oi, osc), IndexError, "out of range"),
+        ((q, [x], "l2", np.array([0, 7, 1]), vals, 3, ids[:5], oi, osc), IndexError, "out of range"),  # ids: too short
+        ((q, [x], "l2", pos, vals, -1, ids, oi, osc), ValueError, "kk"),
+        ((q, [x], "cos", pos, vals, 3, ids, oi, osc), ValueError, "metric"),
+        ((q, [x], "l2", pos, vals, 3, ids, oi, osc.astype(np.float32)), TypeError, "out_scores"),
+        ((q, [x], "l2", pos, vals, 3, ids, oi[:1], osc), TypeError, "as long as each other"),
+        ((q, [x], "l2", pos, vals, 3, ids.astype(np.int32), oi, osc), TypeError, "ids"),
+    ]
+    for args, exc, match in bad_rank:
+        with pytest.raises(exc, match=match):
+            rank(*args)

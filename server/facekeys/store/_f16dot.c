@@ -30,6 +30,18 @@
  *           positions, best first (pos int64, vals float32, both k long): a bounded max-heap in one pass. NaN and +inf
  *           are never selected; returns how many were (the rest of pos/vals is left as it was).
  *
+ * top(q, layers, norms, metric, pos, vals, start, stop, mask=None) -> count   one probe's scan of rows start..stop-1
+ *           with the selection folded in: products, costs (as dot(norms=, metric=)) and a bounded max-heap per row
+ *           block, so no cost vector is written; the k = len(pos) best rows (pos int64, their costs in vals float32)
+ *           best first, ties by row; mask (bool or uint8, one per row) skips rows where it is 0. The caller's
+ *           threads each take a share of the rows (one call each, the GIL released).
+ *
+ * rank(q, layers, metric, pos, vals, kk, ids, out_ids, out_scores) -> count   the end of a one-probe search: of
+ *           the candidate rows pos (-1: none; e.g. several top() results side by side) the kk best by their costs
+ *           vals, re-scored as exact() does and ordered best first (cosine: largest similarity, l2: smallest
+ *           distance; ties by key id ids[row]); the first len(out_ids) written to out_ids (key ids) and
+ *           out_scores (float64).
+ *
  * kernels() -> tuple of the kernels this CPU can run, best first; KERNEL: the one dot() uses by default.
  * dot(..., kernel="scalar") forces one of them (tests compare them).
  */
@@ -673,32 +685,40 @@ static void heap_down(float *v, int64_t *p, int64_t n, int64_t i) {
     }
 }
 
-/* the k smallest finite-or-minus-inf values of x[0..m), best first, into vals/pos; returns how many */
-static int64_t select_smallest(const float *x, int64_t m, int64_t k, float *vals, int64_t *pos) {
-    int64_t n = 0;
-    for (int64_t i = 0; i < m; i++) {
-        float v = x[i];
-        if (!(v < INFINITY)) continue; /* NaN, +inf */
-        if (n < k) {
-            int64_t j = n++; /* sift up */
-            vals[j] = v; pos[j] = i;
-            while (j > 0) {
-                int64_t up = (j - 1) / 2;
-                if (!heap_gt(vals[j], pos[j], vals[up], pos[up])) break;
-                float tv = vals[j]; vals[j] = vals[up]; vals[up] = tv;
-                int64_t tp = pos[j]; pos[j] = pos[up]; pos[up] = tp;
-                j = up;
-            }
-        } else if (k > 0 && v < vals[0]) {
-            vals[0] = v; pos[0] = i;
-            heap_down(vals, pos, n, 0);
+/* offers (v, i) to the bounded max-heap vals/pos of *n <= k entries: kept if among the k smallest so far (NaN and
+ * +inf never are) */
+static inline void heap_push(float *vals, int64_t *pos, int64_t *n, int64_t k, float v, int64_t i) {
+    if (!(v < INFINITY)) return; /* NaN, +inf */
+    if (*n < k) {
+        int64_t j = (*n)++; /* sift up */
+        vals[j] = v; pos[j] = i;
+        while (j > 0) {
+            int64_t up = (j - 1) / 2;
+            if (!heap_gt(vals[j], pos[j], vals[up], pos[up])) break;
+            float tv = vals[j]; vals[j] = vals[up]; vals[up] = tv;
+            int64_t tp = pos[j]; pos[j] = pos[up]; pos[up] = tp;
+            j = up;
         }
+    } else if (k > 0 && heap_gt(vals[0], pos[0], v, i)) {
+        vals[0] = v; pos[0] = i;
+        heap_down(vals, pos, *n, 0);
     }
-    for (int64_t e = n - 1; e > 0; e--) { /* heap sort: ascending */
+}
+
+/* the heap's n entries in ascending order (heap sort, in place) */
+static void heap_sort(float *vals, int64_t *pos, int64_t n) {
+    for (int64_t e = n - 1; e > 0; e--) {
         float tv = vals[0]; vals[0] = vals[e]; vals[e] = tv;
         int64_t tp = pos[0]; pos[0] = pos[e]; pos[e] = tp;
         heap_down(vals, pos, e, 0);
     }
+}
+
+/* the k smallest finite-or-minus-inf values of x[0..m), best first, into vals/pos; returns how many */
+static int64_t select_smallest(const float *x, int64_t m, int64_t k, float *vals, int64_t *pos) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < m; i++) heap_push(vals, pos, &n, k, x[i], i);
+    heap_sort(vals, pos, n);
     return n;
 }
 
@@ -731,6 +751,269 @@ done:
     return ret;
 }
 
+/* -- one probe: scan, costs and selection in one pass ------------------------------------------------------ */
+typedef struct {
+    job_t j;               /* rows j.start .. j.start + j.m - 1 (j.out unused) */
+    kernel_fn fn;
+    const float **norms;
+    int metric;
+    const uint8_t *mask;   /* NULL, or nonzero for the rows to consider (indexed by row number) */
+    int64_t k, n;          /* heap capacity and size */
+    float *vals;           /* the share's heap */
+    int64_t *pos;
+} top_t;
+
+/* row blocks of BLOCK_ONE scored into a buffer that stays in L1, turned into costs, offered to the heap */
+static void top_share(top_t *t) {
+    float buf[BLOCK_ONE];
+    job_t j = t->j;
+    const int64_t end = t->j.start + t->j.m;
+    j.out = buf;
+    j.block = BLOCK_ONE;
+    for (int64_t s = t->j.start; s < end; s += BLOCK_ONE) {
+        j.start = s;
+        j.m = end - s < BLOCK_ONE ? end - s : BLOCK_ONE;
+        t->fn(&j);
+        costs(buf, j.m, t->norms, j.L, s, NULL, t->metric);
+        for (int64_t i = 0; i < j.m; i++)
+            if (!t->mask || t->mask[s + i]) heap_push(t->vals, t->pos, &t->n, t->k, buf[i], s + i);
+    }
+}
+
+static PyObject *py_top(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"q", "layers", "norms", "metric", "pos", "vals", "start", "stop", "mask", "kernel",
+                             NULL};
+    PyObject *q_o, *layers_o, *norms_o, *pos_o, *vals_o, *mask_o = Py_None;
+    const char *mname, *kname = NULL;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOsOOnn|Oz:top", kwlist, &q_o, &layers_o, &norms_o, &mname, &pos_o,
+                                     &vals_o, &start, &stop, &mask_o, &kname))
+        return NULL;
+    int metric = strcmp(mname, "l2") == 0 ? 1 : strcmp(mname, "cosine") == 0 ? 2 : 0;
+    if (!metric) return PyErr_Format(PyExc_ValueError, "metric must be 'l2' or 'cosine', got '%s'", mname);
+    const kernel_t *k = find_kernel(kname);
+    if (!k) return NULL;
+    Py_buffer qb = {0}, pb = {0}, vb = {0}, mb = {0};
+    Py_buffer *xb = NULL, *nb = NULL;
+    const char **xp = NULL;
+    const float **np_ = NULL;
+    PyObject *seq = NULL, *nseq = NULL, *ret = NULL;
+    Py_ssize_t L = 0, got = 0, ngot = 0;
+    top_t t;
+    memset(&t, 0, sizeof t);
+
+    if (get_buf(q_o, &qb, 0, "q") < 0) return NULL;
+    if (!fmt_is(&qb, 'f') || qb.ndim != 2 || qb.shape[0] < 1 || qb.shape[1] < 1 || qb.shape[1] > INT32_MAX / 2) {
+        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim)");
+        goto done;
+    }
+    L = qb.shape[0];
+    int64_t dim = qb.shape[1];
+    if (get_buf(pos_o, &pb, 1, "pos") < 0) goto done;
+    if (get_buf(vals_o, &vb, 1, "vals") < 0) goto done;
+    if (!(fmt_is(&pb, 'l') || fmt_is(&pb, 'q')) || pb.itemsize != 8 || pb.ndim != 1) {
+        PyErr_SetString(PyExc_TypeError, "pos must be a 1-D int64 array");
+        goto done;
+    }
+    if (!fmt_is(&vb, 'f') || vb.ndim != 1 || vb.shape[0] != pb.shape[0]) {
+        PyErr_SetString(PyExc_TypeError, "vals must be 1-D float32, as long as pos");
+        goto done;
+    }
+    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    if (!seq) goto done;
+    if (PySequence_Fast_GET_SIZE(seq) != L) {
+        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
+        goto done;
+    }
+    xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
+    xp = PyMem_Calloc((size_t)L, sizeof(*xp));
+    nb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
+    np_ = PyMem_Calloc((size_t)L, sizeof(*np_));
+    if (!xb || !xp || !nb || !np_) { PyErr_NoMemory(); goto done; }
+    int64_t cap;
+    int esize;
+    if (get_layers(seq, L, dim, xb, xp, &got, &esize, &cap) < 0) goto done;
+    if (start < 0 || stop < start || stop > cap) {
+        PyErr_Format(PyExc_IndexError, "rows %lld..%lld out of range 0..%lld", (long long)start, (long long)stop,
+                     (long long)cap);
+        goto done;
+    }
+    nseq = PySequence_Fast(norms_o, "norms must be a sequence of float32 arrays");
+    if (!nseq) goto done;
+    if (PySequence_Fast_GET_SIZE(nseq) != L) {
+        PyErr_Format(PyExc_ValueError, "norms has %zd arrays, q has %zd layers", PySequence_Fast_GET_SIZE(nseq), L);
+        goto done;
+    }
+    for (ngot = 0; ngot < L; ngot++) {
+        Py_buffer *v = &nb[ngot];
+        if (get_buf(PySequence_Fast_GET_ITEM(nseq, ngot), v, 0, "norms[i]") < 0) goto done;
+        if (!fmt_is(v, 'f') || v->ndim != 1 || v->shape[0] < stop) {
+            ngot++;
+            PyErr_Format(PyExc_ValueError, "norms[%zd] must be 1-D float32 with at least %zd values", ngot - 1, stop);
+            goto done;
+        }
+        np_[ngot] = (const float *)v->buf;
+    }
+    if (mask_o != Py_None) {
+        if (get_buf(mask_o, &mb, 0, "mask") < 0) goto done;
+        if (!(fmt_is(&mb, '?') || fmt_is(&mb, 'B')) || mb.ndim != 1 || mb.shape[0] < stop) {
+            PyErr_Format(PyExc_TypeError, "mask must be 1-D bool or uint8 with at least %zd values", stop);
+            goto done;
+        }
+    }
+    if (dim % k->width) k = &KERNELS[N_KERNELS - 1]; /* scalar: any dim */
+    t.j.q = (const float *)qb.buf;
+    t.j.x = xp;
+    t.j.nq = 1;
+    t.j.L = (int)L;
+    t.j.dim = (int)dim;
+    t.j.esize = esize;
+    t.j.start = start;
+    t.j.m = stop - start;
+    t.fn = esize == 4 ? k->fn_f32 : k->fn;
+    t.norms = np_;
+    t.metric = metric;
+    t.mask = mb.obj ? (const uint8_t *)mb.buf : NULL;
+    t.k = pb.shape[0];
+    t.vals = (float *)vb.buf;
+    t.pos = (int64_t *)pb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    top_share(&t);
+    heap_sort(t.vals, t.pos, t.n);
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromLongLong(t.n);
+done:
+    release_all(xb, got);
+    PyMem_Free((void *)xp);
+    Py_XDECREF(seq);
+    release_all(nb, ngot);
+    PyMem_Free((void *)np_);
+    Py_XDECREF(nseq);
+    if (mb.obj) PyBuffer_Release(&mb);
+    if (vb.obj) PyBuffer_Release(&vb);
+    if (pb.obj) PyBuffer_Release(&pb);
+    if (qb.obj) PyBuffer_Release(&qb);
+    return ret;
+}
+
+/* rank(): the result order, best first: cosine by descending similarity, l2 by ascending distance; ties by key id */
+static inline int rank_before(double sa, int64_t ia, double sb, int64_t ib, int metric) {
+    if (sa != sb) return metric == 1 ? sa < sb : sa > sb;
+    return ia < ib;
+}
+
+static PyObject *py_rank(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"q", "layers", "metric", "pos", "vals", "kk", "ids", "out_ids", "out_scores", "kernel",
+                             NULL};
+    PyObject *q_o, *layers_o, *pos_o, *vals_o, *ids_o, *oid_o, *osc_o;
+    const char *mname, *kname = NULL;
+    Py_ssize_t kk;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOsOOnOOO|z:rank", kwlist, &q_o, &layers_o, &mname, &pos_o, &vals_o,
+                                     &kk, &ids_o, &oid_o, &osc_o, &kname))
+        return NULL;
+    int metric = strcmp(mname, "l2") == 0 ? 1 : strcmp(mname, "cosine") == 0 ? 2 : 0;
+    if (!metric) return PyErr_Format(PyExc_ValueError, "metric must be 'l2' or 'cosine', got '%s'", mname);
+    if (kk < 0) return PyErr_Format(PyExc_ValueError, "kk must be >= 0");
+    const kernel_t *k = find_kernel(kname);
+    if (!k) return NULL;
+    int simd = strcmp(k->name, "avx512") == 0 ? 2 : strcmp(k->name, "avx2") == 0 ? 1 : 0;
+    Py_buffer qb = {0}, pb = {0}, vb = {0}, ib = {0}, oib = {0}, osb = {0};
+    Py_buffer *xb = NULL;
+    const char **xp = NULL;
+    float *buf = NULL, *cv = NULL;
+    int64_t *cp = NULL;
+    double *sc = NULL;
+    PyObject *seq = NULL, *ret = NULL;
+    Py_ssize_t L = 0, got = 0;
+    int esize;
+    int64_t cap;
+
+    if (get_buf(q_o, &qb, 0, "q") < 0) return NULL;
+    if (!fmt_is(&qb, 'f') || qb.ndim != 2 || qb.shape[0] < 1 || qb.shape[1] < 1 || qb.shape[1] > INT32_MAX / 2) {
+        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim)");
+        goto done;
+    }
+    L = qb.shape[0];
+    int64_t dim = qb.shape[1];
+    if (get_buf(pos_o, &pb, 0, "pos") < 0 || get_buf(vals_o, &vb, 0, "vals") < 0 || get_buf(ids_o, &ib, 0, "ids") < 0 ||
+        get_buf(oid_o, &oib, 1, "out_ids") < 0 || get_buf(osc_o, &osb, 1, "out_scores") < 0)
+        goto done;
+    if (!(fmt_is(&pb, 'l') || fmt_is(&pb, 'q')) || pb.itemsize != 8 || pb.ndim != 1 || !fmt_is(&vb, 'f') ||
+        vb.ndim != 1 || vb.shape[0] != pb.shape[0]) {
+        PyErr_SetString(PyExc_TypeError, "pos (int64) and vals (float32) must be 1-D and as long as each other");
+        goto done;
+    }
+    if (!(fmt_is(&ib, 'l') || fmt_is(&ib, 'q')) || ib.itemsize != 8 || ib.ndim != 1) {
+        PyErr_SetString(PyExc_TypeError, "ids must be a 1-D int64 array");
+        goto done;
+    }
+    if (!(fmt_is(&oib, 'l') || fmt_is(&oib, 'q')) || oib.itemsize != 8 || oib.ndim != 1 || !fmt_is(&osb, 'd') ||
+        osb.ndim != 1 || osb.shape[0] != oib.shape[0]) {
+        PyErr_SetString(PyExc_TypeError,
+                        "out_ids (int64) and out_scores (float64) must be 1-D and as long as each other");
+        goto done;
+    }
+    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    if (!seq) goto done;
+    if (PySequence_Fast_GET_SIZE(seq) != L) {
+        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
+        goto done;
+    }
+    xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
+    xp = PyMem_Calloc((size_t)L, sizeof(*xp));
+    buf = PyMem_Malloc((size_t)dim * sizeof(float));
+    cv = PyMem_Malloc((size_t)(kk + 1) * sizeof(float));
+    cp = PyMem_Malloc((size_t)(kk + 1) * sizeof(int64_t));
+    sc = PyMem_Malloc((size_t)(kk + 1) * sizeof(double));
+    if (!xb || !xp || !buf || !cv || !cp || !sc) { PyErr_NoMemory(); goto done; }
+    if (get_layers(seq, L, dim, xb, xp, &got, &esize, &cap) < 0) goto done;
+    const int64_t *pos = pb.buf, *ids = ib.buf;
+    const float *vals = vb.buf;
+    if (ib.shape[0] < cap) cap = ib.shape[0];
+    for (Py_ssize_t i = 0; i < pb.shape[0]; i++)
+        if (pos[i] < -1 || pos[i] >= cap) {
+            PyErr_Format(PyExc_IndexError, "pos: row %lld out of range 0..%lld (or -1: none)", (long long)pos[i],
+                         (long long)cap);
+            goto done;
+        }
+    int64_t n = 0, kout = oib.shape[0];
+    int64_t *oid = oib.buf;
+    double *osc = osb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < pb.shape[0]; i++) /* the kk best candidates by the scan's cost */
+        if (pos[i] >= 0) heap_push(cv, cp, &n, kk, vals[i], pos[i]);
+    exact_rows(sc, (const float *)qb.buf, xp, (int)L, (int)dim, esize, cp, n, metric, buf, simd);
+    for (int64_t i = 1; i < n; i++) { /* insertion sort by (score, key id): n is small */
+        double s = sc[i];
+        int64_t r = cp[i], j = i;
+        for (; j > 0 && rank_before(s, ids[r], sc[j - 1], ids[cp[j - 1]], metric); j--) {
+            sc[j] = sc[j - 1];
+            cp[j] = cp[j - 1];
+        }
+        sc[j] = s;
+        cp[j] = r;
+    }
+    if (n > kout) n = kout;
+    for (int64_t i = 0; i < n; i++) {
+        oid[i] = ids[cp[i]];
+        osc[i] = sc[i];
+    }
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromLongLong(n);
+done:
+    release_all(xb, got);
+    PyMem_Free((void *)xp);
+    PyMem_Free(buf);
+    PyMem_Free(cv);
+    PyMem_Free(cp);
+    PyMem_Free(sc);
+    Py_XDECREF(seq);
+    Py_buffer *views[] = {&qb, &pb, &vb, &ib, &oib, &osb};
+    for (int i = 0; i < 6; i++)
+        if (views[i]->obj) PyBuffer_Release(views[i]);
+    return ret;
+}
+
 static PyObject *py_kernels(PyObject *self, PyObject *unused) {
     PyObject *t = PyTuple_New(N_KERNELS);
     if (!t) return NULL;
@@ -754,6 +1037,14 @@ static PyMethodDef methods[] = {
     {"smallest", py_smallest, METH_VARARGS,
      "smallest(cost, pos, vals) -> count: the len(pos) smallest values of 1-D float32 cost, best first (NaN and "
      "+inf never selected); releases the GIL."},
+    {"top", (PyCFunction)(void (*)(void))py_top, METH_VARARGS | METH_KEYWORDS,
+     "top(q, layers, norms, metric, pos, vals, start, stop, mask=None, kernel=None) -> count: one probe's "
+     "len(pos) best rows of start..stop-1 by the scan's cost (as dot(norms=, metric=)), best first, ties by row; "
+     "mask (bool) limits the rows; releases the GIL."},
+    {"rank", (PyCFunction)(void (*)(void))py_rank, METH_VARARGS | METH_KEYWORDS,
+     "rank(q, layers, metric, pos, vals, kk, ids, out_ids, out_scores, kernel=None) -> count: the best kk candidate "
+     "rows (pos, -1 = none) by their scan cost vals, re-scored as exact() does, ordered best first (ties by key id "
+     "ids[row]); the first len(out_ids) written as key ids and float64 scores; releases the GIL."},
     {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
     {NULL, NULL, 0, NULL}};
 

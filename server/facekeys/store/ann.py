@@ -75,7 +75,7 @@ from facekeys.records import Filter
 from .config import StoreConfig, parse_group
 from .rwlock import RWLock
 from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _costs, _one_omp_thread, exact_scores,
-                      require_cosine_defined, single_threaded_blas, smallest_k)
+                      require_cosine_defined, select_layers, single_threaded_blas, smallest_k)
 
 try:  # optional C kernel (setup.py builds it when it can); never compiled at import
     from . import _f16dot
@@ -452,7 +452,7 @@ class AnnLayerIndex(FilterColumns):
         if self._error is not None:
             raise RuntimeError("the ANN background worker failed") from self._error
         lay = list(layers)
-        q_all = np.ascontiguousarray(probes[:, lay, :], dtype=np.float32)  # (Q, |S|, 512)
+        q_all = np.ascontiguousarray(select_layers(probes, layers), dtype=np.float32)  # (Q, |S|, 512)
         nq = len(q_all)
         require_cosine_defined(q_all, metric)
         kk = k + self.config.rerank_extra

@@ -14,12 +14,14 @@ Exact search over a layer subset S (paper: the concatenation of the selected lay
 The scan runs in float32 (memory-bandwidth bound), split into row blocks scored by a few threads (one
 per core, each streaming its own rows; per-call BLAS threading pays a fork/join per layer and collapses
 when another process holds a core). One probe is scored by the C kernel `_f16dot` (every selected layer of a
-row block in one pass, two row streams per thread) or, without the extension, FAISS' SIMD dot
-(`fvec_inner_products_ny`, one stream per call): both stream at the machine's read bandwidth (~31-36 GB/s
-for two threads in its usual regime, where single-threaded OpenBLAS GEMV reaches ~13 GB/s per core);
-batches use single-threaded BLAS GEMM (see `single_threaded_blas`), which reads each row once for all probes. Per-layer squared norms are kept
-layer-major, so a subset's norms are a few contiguous adds. The best `k + rerank_extra` candidates of each
-probe are then re-scored in float64 directly from the stored vectors, so returned scores are exact.
+row block in one pass, two row streams per thread, costs and a bounded heap formed as the rows stream by: one
+`_f16dot.top` call per scan thread, then one `_f16dot.rank` for the float64 re-rank and the order) or, without
+the extension, FAISS' SIMD dot (`fvec_inner_products_ny`, one stream per call): both stream at the machine's
+read bandwidth (~31-36 GB/s for two threads in its usual regime, where single-threaded OpenBLAS GEMV reaches
+~13 GB/s per core); batches use single-threaded BLAS GEMM (see `single_threaded_blas`), which reads each row
+once for all probes. Per-layer squared norms are kept layer-major, so a subset's norms are a few contiguous
+adds. The best `k + rerank_extra` candidates of each probe are then re-scored in float64 directly from the
+stored vectors, so returned scores are exact.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ SCAN_CHUNK = 1 << 16  # rows scored at once: bounds the (rows, Q) score buffer o
 GATHER_BELOW = 0.25  # a filter admitting fewer rows than this fraction gathers them instead of masking
 MIN_JOB_BYTES = 8 << 20  # one probe: a scan thread's job reads at least this much (below, a thread hand-off
 #                          costs more than the second core's share of the read saves)
+WAKE_BYTES = 1 << 20  # one probe: the calling thread's share is larger by this much, about what it reads while
+#                       a pool thread wakes up (~30 us). 10k keys x 1 layer, 500 interleaved runs (ad hoc): scan /
+#                       paired read 1.08-1.10 with it, 1.12-1.15 without; 4 layers: 1.06 either way
 
 
 @dataclass(frozen=True)
@@ -149,9 +154,21 @@ def exact_scores(q: np.ndarray, views: Sequence[np.ndarray], rows: np.ndarray, m
     return np.divide(acc, denom, out=np.zeros_like(acc), where=denom > 0)
 
 
+def select_layers(probes: np.ndarray, layers: tuple[int, ...]) -> np.ndarray:
+    """probes (Q, 18, 512) float32 -> (Q, |S|, 512) over the selected layers: a view (no copy) when they are one
+    run of consecutive layers (high:k, low:k, "a-b"), else a copy."""
+    first, last = layers[0], layers[-1]
+    if last - first + 1 == len(layers) and list(layers) == list(range(first, last + 1)):
+        return probes[:, first : last + 1, :]
+    return probes[:, list(layers), :]
+
+
 def require_cosine_defined(q_all: np.ndarray, metric: str) -> None:
-    """Cosine needs every probe (Q, |S|, 512) to be nonzero over the selected layers."""
-    if metric == "cosine" and not q_all.reshape(len(q_all), -1).any(1).all():
+    """Cosine needs every probe (Q, |S|, 512) to be nonzero over the selected layers. (One probe: count_nonzero, a
+    plain C call; `ndarray.any()` goes through numpy's Python-level reduction wrappers, ~30 us just after a scan has
+    evicted the caches.)"""
+    one = len(q_all) == 1
+    if metric == "cosine" and not (np.count_nonzero(q_all) if one else q_all.reshape(len(q_all), -1).any(1).all()):
         raise InvalidArgument("probe is all zeros over the selected layers: cosine is undefined")
 
 
@@ -299,7 +316,7 @@ class FlatLayerIndex(FilterColumns):
     def search(
         self, probes: np.ndarray, layers: tuple[int, ...], metric: str, k: int, flt: Filter
     ) -> SearchResult:
-        q_all = probes[:, list(layers), :]  # (Q, |S|, 512)
+        q_all = select_layers(probes, layers)  # (Q, |S|, 512)
         nq = len(probes)
         require_cosine_defined(q_all, metric)
         with self._lock.read():
@@ -311,6 +328,8 @@ class FlatLayerIndex(FilterColumns):
                 return SearchResult(empty.astype(np.int64), empty, 0)
             views = [self._layer(layer) for layer in layers]
             kk = min(searched, k + self._rerank_extra)
+            if nq == 1 and _f16dot is not None and (mask is None or searched >= GATHER_BELOW * n):
+                return self._search_one(views, q_all[0], layers, metric, k, kk, n, mask, searched)
             cand = self._scan(views, q_all, layers, metric, kk, n, mask, searched)  # (Q, kk) rows
             return self._rerank(views, q_all, metric, k, cand, searched)
 
@@ -366,13 +385,14 @@ class FlatLayerIndex(FilterColumns):
         return np.where(np.isfinite(best_cost), best_rows, -1)
 
     def _scan_one(self, views, q, layers, metric, kk, n, mask) -> np.ndarray:
-        """One probe q (|S|, 512) over all rows: the scan threads (this one included) each fill their equal share
-        of one cost vector (`_costs_one`), then this thread selects once. (Per-thread selection and merging took
-        ~0.4 ms more at 10k keys: thread hand-offs and the GIL, against a 0.3 ms read.)"""
+        """One probe q (|S|, 512) over all rows without the C kernel (with it: `_search_one`): the scan threads (this
+        one included) each fill their equal share of one cost vector (`_costs_one`), then this thread selects once.
+        (Selecting per thread through numpy/FAISS and merging took ~0.4 ms more at 10k keys: thread hand-offs and
+        the GIL, against a 0.3 ms read.)"""
         q = np.ascontiguousarray(q)
         norm2 = [self._norm2[layer] for layer in layers]  # (cap,) views, one per selected layer
         cost = np.empty((1, n), np.float32)
-        jobs = max(1, min(self._threads, n // -(-MIN_JOB_BYTES // (len(layers) * DIM * 4))))
+        jobs = self._one_probe_jobs(n, len(layers) * DIM * 4)
         step = -(-n // jobs)
         shares = [slice(s, min(n, s + step)) for s in range(0, n, step)]
         pending = [self._pool.submit(_costs_one, cost[0, r], views, q, r, norm2, metric) for r in shares[1:]]
@@ -383,6 +403,37 @@ class FlatLayerIndex(FilterColumns):
             cost[:, ~mask] = np.inf
         found, best = smallest_k(cost, kk)
         return np.where(np.isfinite(best), found, -1)
+
+    def _search_one(self, views, q, layers, metric, k, kk, n, mask, searched) -> SearchResult:
+        """One probe q (|S|, 512) over all rows with the C kernel: each scan thread (this one included) takes the kk
+        best rows of its share in one pass (`_f16dot.top`: products, costs and a bounded heap as the rows stream
+        by; no cost vector is written and re-read), then one call (`_f16dot.rank`) keeps the kk best of all
+        shares, re-scores them in float64 and orders them by (score, key id). Between the read and the reply this
+        leaves a few small numpy steps, each slow just after a scan has evicted the caches (the numpy selection,
+        re-rank and ordering it replaces took ~0.1 ms more at 10k keys x 1 layer, a 0.45 ms read)."""
+        q = np.ascontiguousarray(q, np.float32)
+        norm2 = [self._norm2[layer] for layer in layers]  # (cap,) views, one per selected layer
+        row_bytes = len(layers) * DIM * 4
+        jobs = self._one_probe_jobs(n, row_bytes)
+        first = min(n, (n + (jobs - 1) * (WAKE_BYTES // row_bytes)) // jobs)  # the caller's share: see WAKE_BYTES
+        cuts = [0, *(first + (n - first) * i // max(1, jobs - 1) for i in range(jobs - 1)), n]
+        pos = np.full(jobs * kk, -1, np.int64)  # per share, its best rows (-1: none) and their costs
+        vals = np.empty(jobs * kk, np.float32)
+        shares = [(pos[i * kk : (i + 1) * kk], vals[i * kk : (i + 1) * kk], cuts[i], cuts[i + 1])
+                  for i in range(jobs)]
+        pending = [self._pool.submit(_f16dot.top, q, views, norm2, metric, *share, mask) for share in shares[1:]]
+        _f16dot.top(q, views, norm2, metric, *shares[0], mask)
+        for f in pending:
+            f.result()
+        kout = min(k, searched)
+        ids = np.full((1, kout), -1, np.int64)
+        scores = np.zeros((1, kout), np.float64)
+        _f16dot.rank(q, views, metric, pos, vals, kk, self._ids, ids[0], scores[0])
+        return SearchResult(ids, scores, searched)
+
+    def _one_probe_jobs(self, n: int, row_bytes: int) -> int:
+        """Scan threads for one probe over n rows: one per core, while each reads at least MIN_JOB_BYTES."""
+        return max(1, min(self._threads, n // -(-MIN_JOB_BYTES // row_bytes)))
 
     def _rerank(self, views, q_all, metric, k, cand, searched) -> SearchResult:
         nq = len(q_all)
