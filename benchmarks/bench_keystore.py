@@ -3,7 +3,7 @@ bandwidth bound, and durable Enroll throughput over gRPC streaming.
 
 Columns: "engine" = KeyStore.match (validation, scan, float64 re-rank, LMDB metadata of the hits); "scan" = the
 VectorIndex search alone (scan + re-rank, no LMDB); "bound" = bytes scanned / the best read bandwidth measured
-at the start of the run; "paired" = the median, over the repeats, of the scan's time divided by the time the
+at the start of the run; "paired" = the median, over the pairs, of the scan's time divided by the time the
 fastest plain reader (FAISS' SIMD dot in two threads over a numpy buffer of the same number of bytes) takes just
 after it: the host's memory is shared and its bandwidth moves by up to 2x between minutes (29-63 GB/s seen on
 2026-11-26), so a bound measured once, or even minutes apart, mixes regimes; pairing each scan with a read of the
@@ -12,7 +12,9 @@ same bytes at the same moment does not.
     python benchmarks/bench_keystore.py --sizes 10000 100000 --out benchmarks/results/keystore.md
 
 Synthetic random latents (the engine's speed does not depend on what the latents mean).
-Warm-up, then `--repeats` timed runs per case; median and p99 are reported.
+Warm-up, then `--repeats` timed runs per case; median and p99 are reported. The one-probe pairs go on for at
+least `--pair-seconds` (2 s: hundreds of pairs for the sub-millisecond cases, whose median over 20 pairs moved
+by up to 0.3 between runs); the "pairs" column says how many.
 """
 
 from __future__ import annotations
@@ -109,19 +111,23 @@ class PairedReader:
         return time.perf_counter() - t
 
 
-def paired(fn, reader: PairedReader, nbytes: int, warmup: int, repeats: int) -> tuple[float, float]:
-    """Median of fn's time / the reader's time for the same bytes right after; and the reader's median GB/s."""
+def paired(fn, reader: PairedReader, nbytes: int, warmup: int, repeats: int,
+           min_seconds: float = 0.0) -> tuple[float, float]:
+    """Median of fn's time / the reader's time for the same bytes right after; and the reader's median GB/s.
+    At least `repeats` pairs, and more until `min_seconds` have passed: a sub-millisecond case needs hundreds of
+    pairs for a stable median while the host's bandwidth moves between regimes."""
     for _ in range(warmup):
         fn()
         reader.read(nbytes)
     ratios, reads = [], []
-    for _ in range(repeats):
+    end = time.perf_counter() + min_seconds
+    while len(ratios) < repeats or time.perf_counter() < end:
         t = time.perf_counter()
         fn()
         dt = time.perf_counter() - t
         reads.append(reader.read(nbytes))
         ratios.append(dt / reads[-1])
-    return float(np.median(ratios)), nbytes / float(np.median(reads)) / 1e9
+    return float(np.median(ratios)), nbytes / float(np.median(reads)) / 1e9, len(ratios)
 
 
 def timed(fn, warmup: int, repeats: int) -> np.ndarray:
@@ -165,10 +171,10 @@ def build_store(path: Path, n: int, seed: int = 0):
     return store, x
 
 
-def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
+def bench_match(sizes, repeats, warmup, pair_seconds, bandwidth, workdir, lines):
     lines += ["", "| N | layers | metric | batch | engine p50 ms | engine p99 ms | numpy p50 ms | engine/numpy "
-              "| bytes scanned | bound ms | p50/bound | scan p50 ms | scan/bound | paired read GB/s | scan/paired read |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| bytes scanned | bound ms | p50/bound | scan p50 ms | scan/bound | paired read GB/s | scan/paired read "
+              "| pairs |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in sizes:
         store, x = build_store(Path(workdir) / f"n{n}", n)
         index = store._indexes["bench"]  # the VectorIndex itself: the scan + exact re-rank, no LMDB metadata
@@ -186,12 +192,12 @@ def bench_match(sizes, repeats, warmup, bandwidth, workdir, lines):
                     eng = timed(lambda: store.match(query), warmup, reps)
                     search = lambda: index.search(q, layers, metric, 10, Filter())  # noqa: E731
                     scan = timed(search, warmup, reps)
-                    pair = paired(search, reader, scanned, warmup, reps) if batch == 1 else None
+                    pair = paired(search, reader, scanned, warmup, reps, pair_seconds) if batch == 1 else None
                     with blas_threads(os.cpu_count()):  # the baseline gets numpy's usual threaded BLAS
                         base = timed(lambda: numpy_scan(x, q, layers, metric, 10), warmup, reps)
                     bound = scanned / bandwidth
                     p50, p99, s50 = np.median(eng), np.percentile(eng, 99), np.median(scan)
-                    now_cols = f"{pair[1]:.1f} | {pair[0]:.2f}" if pair else "- | -"
+                    now_cols = f"{pair[1]:.1f} | {pair[0]:.2f} | {pair[2]}" if pair else "- | - | -"
                     lines.append(
                         f"| {n:,} | {subset} | {metric} | {batch} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | "
                         f"{np.median(base) * 1e3:.2f} | {p50 / np.median(base):.2f} | {scanned / 1e6:.0f} MB | "
@@ -228,6 +234,8 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--pair-seconds", type=float, default=2.0,
+                    help="one-probe cases: pair scans with reads for at least this long (and --repeats times)")
     ap.add_argument("--enroll-keys", type=int, default=4000)
     ap.add_argument("--enroll-batches", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--workdir", help="where the temporary stores go (default: a temp dir)")
@@ -238,7 +246,7 @@ def main():
              f"measured read bandwidth {bw / 1e9:.1f} GB/s (best of 1- and 2-thread sums, 2-thread FAISS dot, GEMV)"]
     print(lines[0], flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        bench_match(args.sizes, args.repeats, args.warmup, bw, tmp, lines)
+        bench_match(args.sizes, args.repeats, args.warmup, args.pair_seconds, bw, tmp, lines)
         if args.enroll_keys:
             bench_enroll(tmp, args.enroll_keys, args.enroll_batches, lines)
     if args.out:

@@ -249,7 +249,7 @@ def measure(ix, wl, truth, args, bw, lines):
             exact_one = lambda: ix.search(wl.probes[:1], lay, metric, 10, flt, exact=True)  # noqa: E731
             te = timed(exact_one, 1, args.exact_repeats)
             bound = ix.rows * len(lay) * DIM * 2 / bw
-            pair, _ = paired(exact_one, reader, ix.rows * len(lay) * DIM * 2, 1, args.exact_repeats)
+            pair, _, _ = paired(exact_one, reader, ix.rows * len(lay) * DIM * 2, 1, args.exact_repeats)
             lines.append(
                 f"| {subset} | {metric} | {r1[genuine].mean():.3f} | {r1[~genuine].mean() if (~genuine).any() else float('nan'):.3f} "
                 f"| {r10:.3f} | {np.median(one) * 1e3:.1f} / {np.percentile(one, 99) * 1e3:.1f} "
