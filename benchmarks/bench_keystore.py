@@ -14,7 +14,7 @@ same bytes at the same moment does not.
 Synthetic random latents (the engine's speed does not depend on what the latents mean).
 Warm-up, then `--repeats` timed runs per case; median and p99 are reported. The one-probe pairs go on for at
 least `--pair-seconds` (2 s: hundreds of pairs for the sub-millisecond cases, whose median over 20 pairs moved
-by up to 0.3 between runs); the "pairs" column says how many.
+by 0.25 between two runs of the same code); the "pairs" column says how many.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ MIN_JOB_BYTES = 8 << 20  # one probe: a scan thread's job reads at least this mu
 #                          costs more than the second core's share of the read saves)
 WAKE_BYTES = 1 << 20  # one probe: the calling thread's share is larger by this much, about what it reads while
 #                       a pool thread wakes up (~30 us). 10k keys x 1 layer, 500 interleaved runs (ad hoc): scan /
-#                       paired read 1.08-1.10 with it, 1.12-1.15 without; 4 layers: 1.06 either way
+#                       paired read 1.08-1.10 with it, 1.12-1.15 without; 4 layers: 1.06-1.07 either way
 
 
 @dataclass(frozen=True)
