@@ -517,6 +517,11 @@ class AnnLayerIndex(FilterColumns):
             q = np.ascontiguousarray(q_all, np.float32)  # (Q, |S|, 512)
         else:
             q = [np.ascontiguousarray(q_all[:, j, :] * _SCALE) for j in range(len(lay))]  # (Q, 512) each
+        if kernel is not None and nq == 1 and isinstance(rows, slice):  # products, costs and selection in one pass
+            pos = np.full((1, kk), -1, np.int64)
+            vals = np.full((1, kk), np.inf, np.float32)
+            kernel.top(q[0], arrays, norm2, metric, pos[0], vals[0], rows.start, rows.stop)
+            return pos, vals
         if isinstance(rows, slice):
             chunks = [slice(s, min(rows.stop, s + SCAN_CHUNK)) for s in range(rows.start, rows.stop, SCAN_CHUNK)]
         else:
