@@ -440,10 +440,15 @@ static int get_layers(PyObject *seq, Py_ssize_t L, int64_t dim, Py_buffer *xb, c
     return 0;
 }
 
+/* a 1-D int64 buffer */
+static int is_i64_vec(const Py_buffer *b) {
+    return (fmt_is(b, 'l') || fmt_is(b, 'q')) && b->itemsize == 8 && b->ndim == 1;
+}
+
 /* A 1-D int64 buffer of row numbers, each in 0..cap-1. -1 with an exception set (the view released). */
 static int get_rows(PyObject *o, Py_buffer *rowsb, int64_t cap) {
     if (get_buf(o, rowsb, 0, "rows") < 0) return -1;
-    if (!(fmt_is(rowsb, 'l') || fmt_is(rowsb, 'q')) || rowsb->itemsize != 8 || rowsb->ndim != 1) {
+    if (!is_i64_vec(rowsb)) {
         PyErr_SetString(PyExc_TypeError, "rows must be a 1-D int64 array");
         PyBuffer_Release(rowsb);
         return -1;
@@ -455,6 +460,44 @@ static int get_rows(PyObject *o, Py_buffer *rowsb, int64_t cap) {
             PyBuffer_Release(rowsb);
             return -1;
         }
+    return 0;
+}
+
+/* q: one probe, float32 (L, dim), into qb, *L and *dim. -1 with an exception set (qb, if taken, left to release). */
+static int get_probe(PyObject *o, Py_buffer *qb, Py_ssize_t *L, int64_t *dim) {
+    if (get_buf(o, qb, 0, "q") < 0) return -1;
+    if (!fmt_is(qb, 'f') || qb->ndim != 2 || qb->shape[0] < 1 || qb->shape[1] < 1 || qb->shape[1] > INT32_MAX / 2) {
+        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim)");
+        return -1;
+    }
+    *L = qb->shape[0];
+    *dim = qb->shape[1];
+    return 0;
+}
+
+/* `layers` as a fast sequence of exactly L items (a new reference), or NULL with an exception set */
+static PyObject *layer_seq(PyObject *layers_o, Py_ssize_t L) {
+    PyObject *seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    if (seq && (PySequence_Fast_GET_SIZE(seq) != L || L < 1)) {
+        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
+        Py_DECREF(seq);
+        return NULL;
+    }
+    return seq;
+}
+
+/* pos (int64) and vals (float32), writable, 1-D, one length: the k slots of a selection. -1 with an exception set
+ * (views taken are left to release). */
+static int get_selection(PyObject *pos_o, PyObject *vals_o, Py_buffer *pb, Py_buffer *vb) {
+    if (get_buf(pos_o, pb, 1, "pos") < 0 || get_buf(vals_o, vb, 1, "vals") < 0) return -1;
+    if (!is_i64_vec(pb)) {
+        PyErr_SetString(PyExc_TypeError, "pos must be a 1-D int64 array");
+        return -1;
+    }
+    if (!fmt_is(vb, 'f') || vb->ndim != 1 || vb->shape[0] != pb->shape[0]) {
+        PyErr_SetString(PyExc_TypeError, "vals must be 1-D float32, as long as pos");
+        return -1;
+    }
     return 0;
 }
 
@@ -504,12 +547,8 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     int64_t nq = qb.ndim == 3 ? qb.shape[0] : 1;
     L = qb.shape[qb.ndim - 2];
     int64_t dim = qb.shape[qb.ndim - 1];
-    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    seq = layer_seq(layers_o, L);
     if (!seq) goto done;
-    if (PySequence_Fast_GET_SIZE(seq) != L || L < 1) {
-        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
-        goto done;
-    }
     if (nq < 1 || dim < 1 || dim > INT32_MAX / 2 || nq > INT32_MAX || L > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "q: bad shape");
         goto done;
@@ -627,19 +666,10 @@ static PyObject *py_exact(PyObject *self, PyObject *args, PyObject *kw) {
 
     if (get_buf(out_o, &outb, 1, "out") < 0) return NULL;
     if (!fmt_is(&outb, 'd')) { PyErr_SetString(PyExc_TypeError, "out must be float64"); goto done; }
-    if (get_buf(q_o, &qb, 0, "q") < 0) goto done;
-    if (!fmt_is(&qb, 'f') || qb.ndim != 2 || qb.shape[0] < 1 || qb.shape[1] < 1 || qb.shape[1] > INT32_MAX / 2) {
-        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim)");
-        goto done;
-    }
-    L = qb.shape[0];
-    int64_t dim = qb.shape[1];
-    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    int64_t dim;
+    if (get_probe(q_o, &qb, &L, &dim) < 0) goto done;
+    seq = layer_seq(layers_o, L);
     if (!seq) goto done;
-    if (PySequence_Fast_GET_SIZE(seq) != L) {
-        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
-        goto done;
-    }
     xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
     xp = PyMem_Calloc((size_t)L, sizeof(*xp));
     buf = PyMem_Malloc((size_t)dim * sizeof(float));
@@ -728,17 +758,8 @@ static PyObject *py_smallest(PyObject *self, PyObject *args) {
     Py_buffer cb = {0}, pb = {0}, vb = {0};
     PyObject *ret = NULL;
     if (get_buf(cost_o, &cb, 0, "cost") < 0) return NULL;
-    if (get_buf(pos_o, &pb, 1, "pos") < 0) goto done;
-    if (get_buf(vals_o, &vb, 1, "vals") < 0) goto done;
+    if (get_selection(pos_o, vals_o, &pb, &vb) < 0) goto done;
     if (!fmt_is(&cb, 'f') || cb.ndim != 1) { PyErr_SetString(PyExc_TypeError, "cost must be 1-D float32"); goto done; }
-    if (!(fmt_is(&pb, 'l') || fmt_is(&pb, 'q')) || pb.itemsize != 8 || pb.ndim != 1) {
-        PyErr_SetString(PyExc_TypeError, "pos must be a 1-D int64 array");
-        goto done;
-    }
-    if (!fmt_is(&vb, 'f') || vb.ndim != 1 || vb.shape[0] != pb.shape[0]) {
-        PyErr_SetString(PyExc_TypeError, "vals must be 1-D float32, as long as pos");
-        goto done;
-    }
     int64_t n;
     Py_BEGIN_ALLOW_THREADS
     n = select_smallest((const float *)cb.buf, cb.shape[0], pb.shape[0], (float *)vb.buf, (int64_t *)pb.buf);
@@ -802,29 +823,11 @@ static PyObject *py_top(PyObject *self, PyObject *args, PyObject *kw) {
     top_t t;
     memset(&t, 0, sizeof t);
 
-    if (get_buf(q_o, &qb, 0, "q") < 0) return NULL;
-    if (!fmt_is(&qb, 'f') || qb.ndim != 2 || qb.shape[0] < 1 || qb.shape[1] < 1 || qb.shape[1] > INT32_MAX / 2) {
-        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim)");
-        goto done;
-    }
-    L = qb.shape[0];
-    int64_t dim = qb.shape[1];
-    if (get_buf(pos_o, &pb, 1, "pos") < 0) goto done;
-    if (get_buf(vals_o, &vb, 1, "vals") < 0) goto done;
-    if (!(fmt_is(&pb, 'l') || fmt_is(&pb, 'q')) || pb.itemsize != 8 || pb.ndim != 1) {
-        PyErr_SetString(PyExc_TypeError, "pos must be a 1-D int64 array");
-        goto done;
-    }
-    if (!fmt_is(&vb, 'f') || vb.ndim != 1 || vb.shape[0] != pb.shape[0]) {
-        PyErr_SetString(PyExc_TypeError, "vals must be 1-D float32, as long as pos");
-        goto done;
-    }
-    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    int64_t dim;
+    if (get_probe(q_o, &qb, &L, &dim) < 0) goto done;
+    if (get_selection(pos_o, vals_o, &pb, &vb) < 0) goto done;
+    seq = layer_seq(layers_o, L);
     if (!seq) goto done;
-    if (PySequence_Fast_GET_SIZE(seq) != L) {
-        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
-        goto done;
-    }
     xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
     xp = PyMem_Calloc((size_t)L, sizeof(*xp));
     nb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
@@ -928,37 +931,26 @@ static PyObject *py_rank(PyObject *self, PyObject *args, PyObject *kw) {
     int esize;
     int64_t cap;
 
-    if (get_buf(q_o, &qb, 0, "q") < 0) return NULL;
-    if (!fmt_is(&qb, 'f') || qb.ndim != 2 || qb.shape[0] < 1 || qb.shape[1] < 1 || qb.shape[1] > INT32_MAX / 2) {
-        PyErr_SetString(PyExc_TypeError, "q must be float32 (L, dim)");
-        goto done;
-    }
-    L = qb.shape[0];
-    int64_t dim = qb.shape[1];
+    int64_t dim;
+    if (get_probe(q_o, &qb, &L, &dim) < 0) goto done;
     if (get_buf(pos_o, &pb, 0, "pos") < 0 || get_buf(vals_o, &vb, 0, "vals") < 0 || get_buf(ids_o, &ib, 0, "ids") < 0 ||
         get_buf(oid_o, &oib, 1, "out_ids") < 0 || get_buf(osc_o, &osb, 1, "out_scores") < 0)
         goto done;
-    if (!(fmt_is(&pb, 'l') || fmt_is(&pb, 'q')) || pb.itemsize != 8 || pb.ndim != 1 || !fmt_is(&vb, 'f') ||
-        vb.ndim != 1 || vb.shape[0] != pb.shape[0]) {
+    if (!is_i64_vec(&pb) || !fmt_is(&vb, 'f') || vb.ndim != 1 || vb.shape[0] != pb.shape[0]) {
         PyErr_SetString(PyExc_TypeError, "pos (int64) and vals (float32) must be 1-D and as long as each other");
         goto done;
     }
-    if (!(fmt_is(&ib, 'l') || fmt_is(&ib, 'q')) || ib.itemsize != 8 || ib.ndim != 1) {
+    if (!is_i64_vec(&ib)) {
         PyErr_SetString(PyExc_TypeError, "ids must be a 1-D int64 array");
         goto done;
     }
-    if (!(fmt_is(&oib, 'l') || fmt_is(&oib, 'q')) || oib.itemsize != 8 || oib.ndim != 1 || !fmt_is(&osb, 'd') ||
-        osb.ndim != 1 || osb.shape[0] != oib.shape[0]) {
+    if (!is_i64_vec(&oib) || !fmt_is(&osb, 'd') || osb.ndim != 1 || osb.shape[0] != oib.shape[0]) {
         PyErr_SetString(PyExc_TypeError,
                         "out_ids (int64) and out_scores (float64) must be 1-D and as long as each other");
         goto done;
     }
-    seq = PySequence_Fast(layers_o, "layers must be a sequence of float16 or float32 arrays");
+    seq = layer_seq(layers_o, L);
     if (!seq) goto done;
-    if (PySequence_Fast_GET_SIZE(seq) != L) {
-        PyErr_Format(PyExc_ValueError, "q has %zd layers, layers has %zd", L, PySequence_Fast_GET_SIZE(seq));
-        goto done;
-    }
     xb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
     xp = PyMem_Calloc((size_t)L, sizeof(*xp));
     buf = PyMem_Malloc((size_t)dim * sizeof(float));

@@ -10,8 +10,8 @@ class RWLock:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
-        self._read = _ReadSide(self)
-        self._write = _WriteSide(self)
+        self._read = _Side(self._acquire_read, self._release_read)
+        self._write = _Side(self._acquire_write, self._release_write)
 
     def read(self):
         """`with lock.read():` shared with other readers."""
@@ -47,34 +47,20 @@ class RWLock:
             self._cond.notify_all()
 
 
-class _ReadSide:
-    """`with` support for the shared side. Plain methods, not a generator-based context manager: a search
+class _Side:
+    """`with` support for one side of the lock. Plain methods, not a generator-based context manager: a search
     takes the lock on every call, and the generator costs a few microseconds more each time."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_acquire", "_release")
 
-    def __init__(self, lock: RWLock):
-        self._lock = lock
+    def __init__(self, acquire, release):
+        self._acquire = acquire
+        self._release = release
 
     def __enter__(self):
-        self._lock._acquire_read()
+        self._acquire()
         return self
 
     def __exit__(self, *exc):
-        self._lock._release_read()
-        return False
-
-
-class _WriteSide:
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: RWLock):
-        self._lock = lock
-
-    def __enter__(self):
-        self._lock._acquire_write()
-        return self
-
-    def __exit__(self, *exc):
-        self._lock._release_write()
+        self._release()
         return False
