@@ -501,6 +501,30 @@ static int get_selection(PyObject *pos_o, PyObject *vals_o, Py_buffer *pb, Py_bu
     return 0;
 }
 
+/* norms: a sequence of L 1-D float32 buffers of at least `need` values (per-layer squared norms), viewed into
+ * nb[0..L) with data pointers in np_; *nseq is the fast sequence (to release), *ngot the views taken. -1 with an
+ * exception set. */
+static int get_norms(PyObject *norms_o, Py_ssize_t L, int64_t need, PyObject **nseq, Py_buffer *nb,
+                     const float **np_, Py_ssize_t *ngot) {
+    *nseq = PySequence_Fast(norms_o, "norms must be a sequence of float32 arrays");
+    if (!*nseq) return -1;
+    if (PySequence_Fast_GET_SIZE(*nseq) != L) {
+        PyErr_Format(PyExc_ValueError, "norms has %zd arrays, q has %zd layers", PySequence_Fast_GET_SIZE(*nseq), L);
+        return -1;
+    }
+    for (*ngot = 0; *ngot < L; (*ngot)++) {
+        Py_buffer *v = &nb[*ngot];
+        if (get_buf(PySequence_Fast_GET_ITEM(*nseq, *ngot), v, 0, "norms[i]") < 0) return -1;
+        if (!fmt_is(v, 'f') || v->ndim != 1 || v->shape[0] < need) {
+            PyErr_Format(PyExc_ValueError, "norms[%zd] must be 1-D float32 with at least %lld values", (*ngot)++,
+                         (long long)need);
+            return -1;
+        }
+        np_[*ngot] = (const float *)v->buf;
+    }
+    return 0;
+}
+
 /* KERNELS[0], or the one named (NULL with an exception set when this CPU lacks it) */
 static const kernel_t *find_kernel(const char *kname) {
     if (!kname) return &KERNELS[0];
@@ -585,12 +609,6 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
             PyErr_SetString(PyExc_ValueError, "norms/metric: one probe only (q (L, dim) or (1, L, dim))");
             goto done;
         }
-        nseq = PySequence_Fast(norms_o, "norms must be a sequence of float32 arrays");
-        if (!nseq) goto done;
-        if (PySequence_Fast_GET_SIZE(nseq) != L) {
-            PyErr_Format(PyExc_ValueError, "norms has %zd arrays, q has %zd layers", PySequence_Fast_GET_SIZE(nseq), L);
-            goto done;
-        }
         int64_t need = start + m; /* norms needed: rows start..start+m-1, or up to the largest listed row */
         if (have_rows) {
             need = 0;
@@ -600,17 +618,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
         nb = PyMem_Calloc((size_t)L, sizeof(Py_buffer));
         np_ = PyMem_Calloc((size_t)L, sizeof(*np_));
         if (!nb || !np_) { PyErr_NoMemory(); goto done; }
-        for (ngot = 0; ngot < L; ngot++) {
-            Py_buffer *v = &nb[ngot];
-            if (get_buf(PySequence_Fast_GET_ITEM(nseq, ngot), v, 0, "norms[i]") < 0) goto done;
-            if (!fmt_is(v, 'f') || v->ndim != 1 || v->shape[0] < need) {
-                ngot++;
-                PyErr_Format(PyExc_ValueError, "norms[%zd] must be 1-D float32 with at least %lld values", ngot - 1,
-                             (long long)need);
-                goto done;
-            }
-            np_[ngot] = (const float *)v->buf;
-        }
+        if (get_norms(norms_o, L, need, &nseq, nb, np_, &ngot) < 0) goto done;
     }
     if (dim % k->width) k = &KERNELS[N_KERNELS - 1]; /* scalar: any dim */
     j.out = (float *)outb.buf;
@@ -841,22 +849,7 @@ static PyObject *py_top(PyObject *self, PyObject *args, PyObject *kw) {
                      (long long)cap);
         goto done;
     }
-    nseq = PySequence_Fast(norms_o, "norms must be a sequence of float32 arrays");
-    if (!nseq) goto done;
-    if (PySequence_Fast_GET_SIZE(nseq) != L) {
-        PyErr_Format(PyExc_ValueError, "norms has %zd arrays, q has %zd layers", PySequence_Fast_GET_SIZE(nseq), L);
-        goto done;
-    }
-    for (ngot = 0; ngot < L; ngot++) {
-        Py_buffer *v = &nb[ngot];
-        if (get_buf(PySequence_Fast_GET_ITEM(nseq, ngot), v, 0, "norms[i]") < 0) goto done;
-        if (!fmt_is(v, 'f') || v->ndim != 1 || v->shape[0] < stop) {
-            ngot++;
-            PyErr_Format(PyExc_ValueError, "norms[%zd] must be 1-D float32 with at least %zd values", ngot - 1, stop);
-            goto done;
-        }
-        np_[ngot] = (const float *)v->buf;
-    }
+    if (get_norms(norms_o, L, stop, &nseq, nb, np_, &ngot) < 0) goto done;
     if (mask_o != Py_None) {
         if (get_buf(mask_o, &mb, 0, "mask") < 0) goto done;
         if (!(fmt_is(&mb, '?') || fmt_is(&mb, 'B')) || mb.ndim != 1 || mb.shape[0] < stop) {
