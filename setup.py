@@ -66,7 +66,7 @@ class OptionalBuildExt(build_ext):
 F16DOT = Extension(
     "facekeys.store._f16dot",
     sources=["server/facekeys/store/_f16dot.c"],
-    extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c11", "-fno-math-errno"],  # sqrt inlined
+    extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c11"],
     libraries=[] if sys.platform == "win32" else ["m"],  # sqrtf
     optional=True,
 )

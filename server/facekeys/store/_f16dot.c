@@ -31,10 +31,10 @@
  *           are never selected; returns how many were (the rest of pos/vals is left as it was).
  *
  * top(q, layers, norms, metric, pos, vals, start, stop, mask=None) -> count   one probe's scan of rows start..stop-1
- *           with the selection folded in: products, costs (as dot(norms=, metric=)) and a bounded max-heap per row
- *           block, so no cost vector is written; the k = len(pos) best rows (pos int64, their costs in vals float32)
- *           best first, ties by row; mask (bool or uint8, one per row) skips rows where it is 0. The caller's
- *           threads each take a share of the rows (one call each, the GIL released).
+ *           with the selection folded in: products and costs (as dot(norms=, metric=)) per row block, offered to one
+ *           bounded max-heap, so no cost vector is written; the k = len(pos) best rows (pos int64, their costs in
+ *           vals float32) best first, ties by row; mask (bool or uint8, one per row) skips rows where it is 0. The
+ *           caller's threads each take a share of the rows (one call each, the GIL released).
  *
  * rank(q, layers, metric, pos, vals, kk, ids, out_ids, out_scores) -> count   the end of a one-probe search: of
  *           the candidate rows pos (-1: none; e.g. several top() results side by side) the kk best by their costs
