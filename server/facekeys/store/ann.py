@@ -50,7 +50,8 @@ Without the extension (`F16_KERNEL == "numpy"`), numpy's float16 cast being scal
 the scan reinterprets the float16 bits as float32 with two integer operations ((int16 -> int32) << 13, clear
 bits 28..30): that yields value * 2**-112 exactly (subnormals included), the 2**112 is folded into the probe,
 and FAISS' SIMD dot (or BLAS for batches) scores the converted block. Per-layer squared norms are kept
-layer-major, and each chunk's best rows are taken with a heap selection (`vectors.smallest_k`).
+layer-major, and each chunk's best rows are taken with a heap selection (`vectors.smallest_k`); one probe over a
+row range is scored and selected in one pass by `_f16dot.top`.
 """
 
 from __future__ import annotations

@@ -215,11 +215,12 @@ class FlatLayerIndex(FilterColumns):
     """Exact search: the raw float32 vectors of each W+ layer, flat, plus aligned columns.
 
     Each layer is one contiguous (capacity, 512) row block of a numpy array, the layout of a FAISS flat index's
-    storage, scored by FAISS' flat inner-product kernel (`fvec_inner_products_ny`) or the C kernel and ranked by
-    a heap selection (`smallest_k`). The array is numpy's rather than an `IndexFlatIP`'s own `std::vector` because numpy
-    puts large buffers on 2 MiB transparent huge pages (THP is madvise-only on these hosts, FAISS never advises):
-    the same kernel over the same rows scans 1-11 % faster from them in `benchmarks/bench_pages.py` (up to 29 %
-    in earlier ad-hoc runs; benchmarks/RESULTS.md section 1)."""
+    storage, scored by the C kernel (one probe: scan, selection and re-rank in `_f16dot.top` / `_f16dot.rank`) or
+    FAISS' flat inner-product kernel / BLAS and ranked by a heap selection (`smallest_k`). The array is numpy's
+    rather than an `IndexFlatIP`'s own `std::vector` because numpy puts large buffers on 2 MiB transparent huge
+    pages (THP is madvise-only on these hosts, FAISS never advises): the same kernel over the same rows scans
+    1-11 % faster from them in `benchmarks/bench_pages.py` (up to 29 % in earlier ad-hoc runs;
+    benchmarks/RESULTS.md section 1)."""
 
     mode = "exact"
 
