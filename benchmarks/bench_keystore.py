@@ -112,8 +112,9 @@ class PairedReader:
 
 
 def paired(fn, reader: PairedReader, nbytes: int, warmup: int, repeats: int,
-           min_seconds: float = 0.0) -> tuple[float, float]:
-    """Median of fn's time / the reader's time for the same bytes right after; and the reader's median GB/s.
+           min_seconds: float = 0.0) -> tuple[float, float, int]:
+    """Median of fn's time / the reader's time for the same bytes right after, the reader's median GB/s, and the
+    number of pairs.
     At least `repeats` pairs, and more until `min_seconds` have passed: a sub-millisecond case needs hundreds of
     pairs for a stable median while the host's bandwidth moves between regimes."""
     for _ in range(warmup):
