@@ -534,6 +534,11 @@ static const kernel_t *find_kernel(const char *kname) {
     return NULL;
 }
 
+/* exact_rows()'s `simd` for a kernel: 2 = AVX-512 sums and F16C, 1 = F16C, 0 = portable C */
+static int simd_level(const kernel_t *k) {
+    return strcmp(k->name, "avx512") == 0 ? 2 : strcmp(k->name, "avx2") == 0 ? 1 : 0;
+}
+
 static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"out", "q", "layers", "start", "stop", "kernel", "block", "norms", "metric", NULL};
     PyObject *out_o, *q_o, *layers_o, *start_o, *stop_o = Py_None, *norms_o = Py_None;
@@ -662,7 +667,7 @@ static PyObject *py_exact(PyObject *self, PyObject *args, PyObject *kw) {
     if (!metric) return PyErr_Format(PyExc_ValueError, "metric must be 'l2' or 'cosine', got '%s'", mname);
     const kernel_t *k = find_kernel(kname);
     if (!k) return NULL;
-    int simd = strcmp(k->name, "avx512") == 0 ? 2 : strcmp(k->name, "avx2") == 0 ? 1 : 0;
+    int simd = simd_level(k);
     Py_buffer outb = {0}, qb = {0}, rowsb = {0};
     Py_buffer *xb = NULL;
     const char **xp = NULL;
@@ -912,7 +917,7 @@ static PyObject *py_rank(PyObject *self, PyObject *args, PyObject *kw) {
     if (kk < 0) return PyErr_Format(PyExc_ValueError, "kk must be >= 0");
     const kernel_t *k = find_kernel(kname);
     if (!k) return NULL;
-    int simd = strcmp(k->name, "avx512") == 0 ? 2 : strcmp(k->name, "avx2") == 0 ? 1 : 0;
+    int simd = simd_level(k);
     Py_buffer qb = {0}, pb = {0}, vb = {0}, ib = {0}, oib = {0}, osb = {0};
     Py_buffer *xb = NULL;
     const char **xp = NULL;
