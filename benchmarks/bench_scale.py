@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,8 +42,9 @@ from facekeys.bench.synthetic import SyntheticConfig, layer_profile  # noqa: E40
 from facekeys.dims import DIM, N_LAYERS  # noqa: E402
 from facekeys.layers import parse_layers  # noqa: E402
 from facekeys.records import Filter  # noqa: E402
-from facekeys.store.ann import AnnLayerIndex  # noqa: E402
+from facekeys.store.ann import FLAT_CANDIDATES, AnnLayerIndex  # noqa: E402
 from facekeys.store.config import StoreConfig  # noqa: E402
+from facekeys.store.flat import gpu_count  # noqa: E402
 from facekeys.store.vectors import KeyAttrs  # noqa: E402
 
 SUBSETS = ("high:1", "high:4", "high:6", "high:9", "all")
@@ -144,8 +146,13 @@ def machine_lines(args) -> list[str]:
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
     free = subprocess.run(["free", "-g"], capture_output=True, text=True).stdout.strip().splitlines()
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
     return [f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-            f"- machine: {model}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}",
+            f"- machine: {model}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
+            f"faiss {faiss.__version__} (GPUs it sees: {gpu_count()}){f'; GPU: {gpu}' if gpu else ''}",
             f"- command: `python benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`",
             f"- load average at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
             " (the box is shared with other engineers' processes)",
@@ -157,6 +164,7 @@ def run_index(args, lines):
     wl = Workload(n, args.genuine, args.impostors)
     truth = Float32Truth(wl.probes)
     cfg = StoreConfig(index_mode="ann", ann_candidates=args.candidates, ann_pq_m=args.pq_m,
+                      ann_backend=args.backend, ann_threads=args.threads,
                       **({"ann_groups": tuple(args.groups)} if args.groups else {}))
     root = Path(args.workdir) / f"scale-{n}"
     shutil.rmtree(root, ignore_errors=True)
@@ -181,12 +189,18 @@ def run_index(args, lines):
     t2 = time.perf_counter()
     ix.save_snapshot()
     t_snap = time.perf_counter() - t2
-    shards = len(next(iter(ix._segments[0].groups.values())))
-    lines += ["", f"### N = {n:,} keys (VectorIndex level: `AnnLayerIndex`)", "",
-              f"- index: {len(ix._segments)} segment(s) x {shards} shard(s); per layer mean + PQ{cfg.ann_pq_m}x4 "
-              f"({cfg.ann_pq_m // 2} B/key/layer; a group marked /m uses m per layer), PQ fast-scan indexes for "
-              f"the single layers and the groups "
-              f"{', '.join(cfg.ann_groups)}; candidates {cfg.ann_candidates or 'auto (256*sqrt(N/10k), x4/|S| below 4 layers, capped by 32 MiB of re-rank reads)'}",
+    if ix.backend == "pq":
+        shards = len(next(iter(ix._segments[0].groups.values())))
+        index_line = (f"- index: backend pq, {len(ix._segments)} segment(s) x {shards} shard(s); per layer mean + "
+                      f"PQ{cfg.ann_pq_m}x4 ({cfg.ann_pq_m // 2} B/key/layer; a group marked /m uses m per layer), PQ "
+                      f"fast-scan indexes for the single layers and the groups {', '.join(cfg.ann_groups)}; candidates "
+                      f"{cfg.ann_candidates or 'auto (256*sqrt(N/10k), x4/|S| below 4 layers, capped by 32 MiB of re-rank reads)'}")
+    else:
+        index_line = (f"- index: backend {ix.backend}, {len(ix._segments)} segment(s), each one flat float16 index of "
+                      f"all 18 layers + norm columns (store/flat.py), {ix.device_bytes / n:,.0f} B/key on the GPU; "
+                      f"candidates per segment {cfg.ann_candidates or f'{FLAT_CANDIDATES} (default)'}")
+    lines += ["", f"### N = {n:,} keys (VectorIndex level: `AnnLayerIndex`), threads {cfg.ann_threads}", "",
+              index_line,
               f"- build: add {t_add:.1f} s (generating the synthetic chunks + float32 -> float16 + mmap write; "
               f"excludes the float32 truth), train + encode {t_sync:.1f} s, snapshot write {t_snap:.1f} s",
               f"- RSS after build: {gb(mem['VmRSS'])} (anonymous {gb(mem['RssAnon'])}, file-backed {gb(mem['RssFile'])}); "
@@ -313,6 +327,9 @@ def main():
     ap.add_argument("--candidates", type=int, default=0)
     ap.add_argument("--groups", nargs="*", help="layer groups (default: the config's)")
     ap.add_argument("--pq-m", type=int, default=64)
+    ap.add_argument("--backend", default="auto", choices=("auto", "pq", "flat"),
+                    help="ann candidate backend (auto: flat on a GPU the FAISS build sees, else pq)")
+    ap.add_argument("--threads", type=int, default=2, help="ann_threads (search and scan threads)")
     ap.add_argument("--keystore", action="store_true", help="also benchmark the full KeyStore at --n")
     ap.add_argument("--no-index", action="store_true", help="skip the VectorIndex benchmark")
     ap.add_argument("--workdir", default=None, help="where index files go (default: a temp dir)")

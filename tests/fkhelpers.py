@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from facekeys.dims import DIM, N_LAYERS
-from facekeys.records import NewKey, Where
+from facekeys.records import Hit, NewKey, Where
+from facekeys.store.vectors import KeyAttrs
 
 
 def random_keys(n: int, seed: int = 0) -> np.ndarray:
@@ -101,3 +102,24 @@ def enrol(store, gallery, identities=None, cameras=None, times=None):
         for i, g in enumerate(gallery)
     ]
     return [k.key_id for k in store.enroll(keys)]
+
+
+def f16(x: np.ndarray) -> np.ndarray:
+    """What the index stores: float16 values (as float32)."""
+    return x.astype(np.float16).astype(np.float32)
+
+
+def attrs(n: int, seed: int = 0) -> list[KeyAttrs]:
+    rng = np.random.default_rng(seed)
+    return [KeyAttrs(f"p{rng.integers(0, 500)}", f"cam{rng.integers(0, 4)}", float(t), float(t) + 5.0)
+            for t in rng.uniform(0, 1000, n)]
+
+
+def check_exact(result, gallery16, ids, probes, layers, metric, k, admitted=None):
+    """Tie-aware: the hits are the k best of the admitted keys with their exact scores."""
+    for i, probe in enumerate(probes):
+        s = oracle(gallery16, probe, layers, metric)
+        scores = {int(kid): float(v) for kid, v, ok in zip(ids, s, admitted if admitted is not None else [True] * len(ids))
+                  if ok}
+        hits = [Hit(int(kid), "", float(v), "", "", "", 0.0, 0.0) for kid, v in zip(result.ids[i], result.scores[i])]
+        assert_topk_matches_oracle(hits, scores, k, metric, tol=1e-9)

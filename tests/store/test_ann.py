@@ -13,9 +13,8 @@ from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
 from facekeys.store import Filter, MatchQuery, StoreConfig
 from facekeys.store.ann import AnnLayerIndex, f16_bits_as_f32
-from facekeys.store.vectors import KeyAttrs
 
-from fkhelpers import assert_topk_matches_oracle, enrol, oracle, random_keys
+from fkhelpers import assert_topk_matches_oracle, attrs, check_exact, enrol, f16, oracle, random_keys
 
 
 SUBSETS = ("high:1", "high:4", "high:6", "all", "low:3", "1,5,18")
@@ -24,29 +23,6 @@ CFG = dict(index_mode="ann", ann_train_min=1024, ann_merge_idle_s=0.05)
 # ann_exact_bytes (64 MiB); 1 MiB makes every unfiltered search use the PQ candidates, while very selective
 # filters (a few dozen keys) are still answered by an exact scan of the admitted rows.
 TRAINED_CFG = dict(CFG, ann_exact_bytes=1 << 20)
-
-
-def f16(x: np.ndarray) -> np.ndarray:
-    """What the index stores: float16 values (as float32)."""
-    return x.astype(np.float16).astype(np.float32)
-
-
-def attrs(n: int, seed: int = 0) -> list[KeyAttrs]:
-    rng = np.random.default_rng(seed)
-    return [KeyAttrs(f"p{rng.integers(0, 500)}", f"cam{rng.integers(0, 4)}", float(t), float(t) + 5.0)
-            for t in rng.uniform(0, 1000, n)]
-
-
-def check_exact(result, gallery16, ids, probes, layers, metric, k, admitted=None):
-    """Tie-aware: the hits are the k best of the admitted keys with their exact scores."""
-    from facekeys.records import Hit
-
-    for i, probe in enumerate(probes):
-        s = oracle(gallery16, probe, layers, metric)
-        scores = {int(kid): float(v) for kid, v, ok in zip(ids, s, admitted if admitted is not None else [True] * len(ids))
-                  if ok}
-        hits = [Hit(int(kid), "", float(v), "", "", "", 0.0, 0.0) for kid, v in zip(result.ids[i], result.scores[i])]
-        assert_topk_matches_oracle(hits, scores, k, metric, tol=1e-9)
 
 
 @pytest.fixture(scope="module")

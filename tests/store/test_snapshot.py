@@ -15,14 +15,10 @@ from facekeys.store import KeyStore, MatchQuery, StoreConfig
 from facekeys.store import snapshot
 from facekeys.store.ann import AnnLayerIndex
 
-from fkhelpers import enrol, oracle, random_keys
+from fkhelpers import enrol, f16, oracle, random_keys
 
 
 ANN = dict(index_mode="ann", ann_train_min=1024, map_size=1 << 30, durable=False)
-
-
-def f16(x):
-    return x.astype(np.float16).astype(np.float32)
 
 
 def top1(store, probes, subset="high:4", metric="l2"):

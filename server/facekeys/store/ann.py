@@ -74,6 +74,7 @@ from facekeys.errors import InvalidArgument
 from facekeys.records import Filter
 
 from .config import StoreConfig, parse_group
+from .flat import BUILD_ROWS, D_FLAT, FlatCandidates, flat_probe, gpu_count, norm_columns
 from .rwlock import RWLock
 from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _costs, _one_omp_thread, exact_scores,
                       require_cosine_defined, select_layers, single_threaded_blas, smallest_k)
@@ -97,7 +98,7 @@ LISTED_PART_MIN = 1024  # listed (gathered) rows per scan thread: scattered read
 #                         bandwidth, so two threads halve them from fewer rows on
 SHARD_MIN = 65_536  # segments with at least this many rows per thread are split into ann_threads shards
 SMALL_BATCH = 32  # probes up to this many are scanned with faiss' SIMD dot instead of BLAS
-GPU_AVAILABLE = None  # resolved lazily: faiss.get_num_gpus() > 0
+FLAT_CANDIDATES = 256  # flat backend: default candidates per segment (see default_candidates)
 
 
 def f16_bits_as_f32(src: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -130,13 +131,6 @@ def _map_layers(fn, workers: int) -> list:
         return [fn(layer) for layer in range(N_LAYERS)]
     with ThreadPoolExecutor(max_workers=workers, initializer=_one_omp_thread) as ex:
         return list(ex.map(fn, range(N_LAYERS)))
-
-
-def _gpu_count() -> int:
-    global GPU_AVAILABLE
-    if GPU_AVAILABLE is None:
-        GPU_AVAILABLE = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    return GPU_AVAILABLE
 
 
 def _dot_numpy(arrays: Sequence[np.ndarray], qs: Sequence[np.ndarray], rows, m: int) -> np.ndarray:
@@ -261,18 +255,37 @@ class Codebooks:
 
 @dataclass(frozen=True)
 class Segment:
-    """Candidate generators over a row range: one FAISS PQ fast-scan index per layer group."""
+    """Candidate generators over a row range: one FAISS PQ fast-scan index per layer group (backend "pq"), or
+    one flat float16 index of every layer (backend "flat", store/flat.py; not in snapshots: rebuilt at load)."""
 
     rows: np.ndarray  # (m,) int64 store rows, FAISS label i -> rows[i]
     groups: dict  # (layers tuple, m) -> ((faiss.IndexPQFastScan over the concatenated centred layers, row offset), ...)
+    flat: Optional[FlatCandidates] = None
 
     @property
     def nbytes(self) -> int:
-        return len(self.rows) * 8 + sum(ix.ntotal * ix.code_size for shards in self.groups.values() for ix, _ in shards)
+        """Host bytes (a flat index on the GPU counts in device_bytes instead)."""
+        host_flat = self.flat.nbytes if self.flat is not None and not self.flat.on_gpu else 0
+        return len(self.rows) * 8 + host_flat + sum(ix.ntotal * ix.code_size for shards in self.groups.values()
+                                                    for ix, _ in shards)
+
+    @property
+    def device_bytes(self) -> int:
+        return self.flat.nbytes if self.flat is not None and self.flat.on_gpu else 0
+
+
+def resolve_backend(config: StoreConfig) -> str:
+    """The candidate backend in use: "pq", "flat-gpu" or "flat-cpu" (config.ann_backend, GPU presence)."""
+    if config.ann_backend == "pq" or (config.ann_backend == "auto" and gpu_count() == 0):
+        return "pq"
+    return "flat-gpu" if gpu_count() > 0 else "flat-cpu"
 
 
 def layer_groups(config: StoreConfig) -> tuple[tuple[tuple[int, ...], int], ...]:
-    """Every single layer (at ann_pq_m), plus the configured groups: (0-based layers, m), smallest first."""
+    """Every single layer (at ann_pq_m), plus the configured groups: (0-based layers, m), smallest first; none
+    for the flat backend."""
+    if resolve_backend(config) != "pq":
+        return ()
     groups = {((layer,), config.ann_pq_m) for layer in range(N_LAYERS)}
     groups |= {parse_group(g, config.ann_pq_m) for g in config.ann_groups}
     return tuple(sorted(groups, key=lambda g: (len(g[0]), g[0], -g[1])))
@@ -298,12 +311,14 @@ class AnnLayerIndex(FilterColumns):
         self.path = Path(path) if path is not None else None
         self.ann = ann
         self.mode = "ann" if ann else "exact"
+        self.backend = resolve_backend(config) if ann else ""  # "pq", "flat-gpu", "flat-cpu"; "" for exact
         self._lock = RWLock()
         self._store = F16Store(self.path / "vectors" if self.path else None)
         cap = 1024
         self._ids = np.zeros(cap, np.int64)
         self._alive = np.zeros(cap, bool)
         self._norm2 = np.zeros((N_LAYERS, cap), np.float32)  # of the float16 values, layer-major
+        self._norm2_sum = np.zeros(N_LAYERS)  # (18,) float64 over alive keys (flat cosine probes' r_S)
         self._identity = np.zeros(cap, np.int32)
         self._camera = np.zeros(cap, np.int32)
         self._t0 = np.zeros(cap, np.float64)
@@ -337,6 +352,11 @@ class AnnLayerIndex(FilterColumns):
         self._thread = None
         if background:
             self.start_background()
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of the flat candidate indexes on the GPU (0 elsewhere)."""
+        return sum(s.device_bytes for s in self._segments)
 
     def start_background(self) -> None:
         """Start the trainer/merger/snapshot thread (idempotent)."""
@@ -380,6 +400,7 @@ class AnnLayerIndex(FilterColumns):
                 self._pos[key_id] = n + j
             self._store.rows = n + m
             self._count += m
+            self._norm2_sum += norm2.sum(1, dtype=np.float64)
             self._last_add = time.monotonic()
             self._dirty = True
         self._notify()
@@ -392,6 +413,7 @@ class AnnLayerIndex(FilterColumns):
             self._alive[rows] = False
             self._store.zero(rows)  # a deleted key's latent does not linger in the vector files
             self._count -= len(rows)
+            self._norm2_sum -= self._norm2[:, rows].sum(1, dtype=np.float64)
             self._dirty = True
         self._notify()
         return len(rows)
@@ -426,9 +448,13 @@ class AnnLayerIndex(FilterColumns):
         return mask if flt.empty else self._restrict(mask, flt, n)
 
     def _base_candidates(self, covered: int, n_layers: int, kk: int) -> int:
-        """Default candidates per shard: config.ann_candidates when set, else sized from the covered rows."""
-        return max(kk, self.config.ann_candidates) if self.config.ann_candidates else \
-            default_candidates(covered, n_layers, kk, self.config)
+        """Default candidates per shard: config.ann_candidates when set, else sized from the covered rows (flat
+        backend: FLAT_CANDIDATES, its candidates being in exact inner-product / l2 order)."""
+        if self.config.ann_candidates:
+            return max(kk, self.config.ann_candidates)
+        if self.backend != "pq":
+            return max(kk, FLAT_CANDIDATES)
+        return default_candidates(covered, n_layers, kk, self.config)
 
     def default_candidates(self, layers: Sequence[int], k: int = 1) -> int:
         """What candidates=0 means now for an unfiltered search over `layers` (top k); 0 when that search is
@@ -471,7 +497,7 @@ class AnnLayerIndex(FilterColumns):
                 pools = self._scan(q_all, lay, metric, min(kk, searched), np.flatnonzero(mask)
                                    if searched < n else slice(0, n))
             else:
-                pools = self._ann_pools(q_all, lay, kk, segments, covered, mask, searched, candidates)
+                pools = self._ann_pools(q_all, lay, metric, kk, segments, covered, mask, searched, candidates)
                 # buffered rows (>= covered) never meet the segments' rows (< covered): joining needs no dedup
                 buf_rows = np.flatnonzero(mask[covered:n]) + covered
                 for i in range(nq):  # float32 scores of the pool (exact float16 values), best kk kept
@@ -577,7 +603,7 @@ class AnnLayerIndex(FilterColumns):
             left -= set(part)
         return out
 
-    def _ann_pools(self, q_all, lay, kk, segments, covered, mask, searched, candidates) -> list[np.ndarray]:
+    def _ann_pools(self, q_all, lay, metric, kk, segments, covered, mask, searched, candidates) -> list[np.ndarray]:
         """Per probe, candidate rows: the best `candidates` of each segment shard by the approximate
         inner product of the centred vectors over the subset (PQ fast-scan of the group indexes covering
         the subset; a group's layers outside the subset get a zero probe, so they add nothing)."""
@@ -586,6 +612,8 @@ class AnnLayerIndex(FilterColumns):
         frac = searched / max(1, len(mask))
         if frac < 1.0:  # filtered (or deletions): fetch more, drop the excluded afterwards
             c = int(min(cfg.ann_max_candidates, math.ceil(c / max(frac, 1e-3))))
+        if self.backend != "pq":
+            return self._flat_pools(q_all, lay, metric, c, segments, mask)
         means = self._codebooks.means
         jobs = []
         cover = self.cover(lay)
@@ -613,6 +641,19 @@ class AnnLayerIndex(FilterColumns):
             # shards and segments hold disjoint rows; only several groups can name a row twice (a sort of the
             # pool costs ~1 ms at 20k candidates: skipped when one group answers)
             pools.append(np.unique(rows) if len(cover) > 1 else rows)
+        return pools
+
+    def _flat_pools(self, q_all, lay, metric, c, segments, mask) -> list[np.ndarray]:
+        """Flat backend: per probe, the best `c` rows of every segment by the flat index's exact inner product
+        (l2: in the metric's order; store/flat.py)."""
+        qf = flat_probe(q_all, lay, metric, self._norm2_sum / max(1, self._count))  # (Q, D_FLAT)
+        found = [np.where(I >= 0, seg.rows[np.maximum(I, 0)], -1) for seg in segments
+                 for I in [seg.flat.search(qf, c)]]
+        found = np.concatenate(found, 1) if len(found) > 1 else found[0]
+        pools = []
+        for rows in found:  # segments hold disjoint rows: no duplicates
+            rows = rows[rows >= 0]
+            pools.append(rows[mask[rows]])
         return pools
 
     # exact re-rank --------------------------------------------------------------------------------
@@ -710,7 +751,7 @@ class AnnLayerIndex(FilterColumns):
         alive = np.flatnonzero(self._alive[:n])
         rng = np.random.default_rng(n)
         sample = np.sort(rng.choice(alive, min(len(alive), self.config.ann_train_sample), replace=False))
-        ms = sorted({m for _, m in self._groups})
+        ms = sorted({m for _, m in self._groups})  # none for the flat backend: the means alone
 
         def train(layer):
             x = self._store.gather_f32(layer, sample)  # (s, 512)
@@ -719,7 +760,7 @@ class AnnLayerIndex(FilterColumns):
             books = {}
             for m in ms:
                 pq = faiss.ProductQuantizer(DIM, m, 4)
-                if _gpu_count() > 0:  # UNTESTED (no GPU was lent): k-means assignment on the GPU
+                if gpu_count() > 0:  # k-means assignment on the GPU (own resources: one per training thread)
                     res = faiss.StandardGpuResources()
                     pq.assign_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(DIM // m))
                 pq.train(x)
@@ -735,9 +776,29 @@ class AnnLayerIndex(FilterColumns):
         log.info("ANN: trained %d layers (PQ %sx4) on %d of %d keys in %.1fs", N_LAYERS, "/".join(map(str, ms)),
                  len(sample), len(alive), time.perf_counter() - t0)
 
+    def _build_flat(self, rows: np.ndarray) -> Segment:
+        """Flat backend: one flat index over the rows' float16 values of every layer and their norm columns,
+        converted and added BUILD_ROWS at a time (layers converted in parallel by the build workers)."""
+        flat = FlatCandidates(on_gpu=self.backend == "flat-gpu")
+        x = np.empty((min(len(rows), BUILD_ROWS), D_FLAT), np.float32)
+        for s in range(0, len(rows), BUILD_ROWS):
+            r = rows[s : s + BUILD_ROWS]
+            sel = slice(int(r[0]), int(r[-1]) + 1) if r[-1] - r[0] + 1 == len(r) else r
+            xb = x[: len(r)]
+
+            def convert(layer, r=r, sel=sel, xb=xb):
+                xb[:, layer * DIM : (layer + 1) * DIM] = self._store.gather_f32(layer, sel)
+
+            _map_layers(convert, self._build_workers)
+            xb[:, N_LAYERS * DIM :] = norm_columns(self._norm2[:, r].T)
+            flat.add(xb)
+        return Segment(rows, {}, flat)
+
     def _build_segment(self, rows: np.ndarray) -> Segment:
         """Encode each layer once, then assemble every group index from the concatenated codes; large
         segments are split into `ann_threads` shards so that one search uses every core."""
+        if self.backend != "pq":
+            return self._build_flat(rows)
         books = self._codebooks
         ms = sorted(books.centroids)
         codes = {m: [None] * N_LAYERS for m in ms}  # m -> per layer (rows, m/2) uint8
@@ -797,6 +858,9 @@ class AnnLayerIndex(FilterColumns):
             keep = tuple(s for s in self._segments if all(s is not t for t in take))
             self._segments = keep + (seg,)
             self._dirty = True
+        for s in take:  # no search holds them now (searches run under the read lock): free GPU memory at once
+            if s.flat is not None:
+                s.flat.release()
 
     # -- snapshots ----------------------------------------------------------------------------------
     def save_snapshot(self) -> Optional[Path]:
@@ -829,7 +893,8 @@ class AnnLayerIndex(FilterColumns):
         state = snapshot.read(Path(path) / "snapshots")
         if state.ann != ann or (ann and (state.pq_m != config.ann_pq_m
                                          or tuple(state.groups) != layer_groups(config))):
-            raise snapshot.SnapshotError("snapshot was written with other index settings (mode, PQ or groups)")
+            raise snapshot.SnapshotError("snapshot was written with other index settings (mode, backend, PQ or "
+                                         "groups)")
         self = cls(config, path, ann=ann, background=False)
         n = state.rows
         files = [self.path / "vectors" / f"layer{l:02d}.f16" for l in range(N_LAYERS)]
@@ -847,7 +912,14 @@ class AnnLayerIndex(FilterColumns):
         alive = np.flatnonzero(self._alive[:n])
         self._pos = dict(zip(self._ids[alive].tolist(), alive.tolist()))
         self._count = len(alive)
+        self._norm2_sum = self._norm2[:, alive].sum(1, dtype=np.float64)
         self._codebooks, self._segments = state.codebooks, tuple(state.segments)
+        if self.backend != "pq":  # flat indexes are not in snapshots: rebuilt from the float16 files
+            self._build_workers = max(1, config.ann_threads)
+            try:
+                self._segments = tuple(self._build_flat(seg.rows) for seg in self._segments)
+            finally:
+                self._build_workers = 1
         self._covered, self._trained_n = state.covered, state.trained_n
         self._last_snapshot = time.monotonic()
         self._dirty = False
@@ -875,6 +947,9 @@ class AnnLayerIndex(FilterColumns):
         if snapshot and self.path is not None and self._dirty and self._error is None:
             self.save_snapshot()
         self._pool.shutdown(wait=True)
+        for seg in self._segments:
+            if seg.flat is not None:
+                seg.flat.release()
 
 
 class AnnFactory:

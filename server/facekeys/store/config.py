@@ -54,6 +54,10 @@ class StoreConfig:
     #                     ann_pq_m; at most 512 per index); a subset is served by the groups covering it at the
     #                     fewest code bytes, every single layer being a group too. Large groups use 32 per layer:
     #                     half the bytes per scan at nearly the same recall (benchmarks/RESULTS.md section 2)
+    ann_backend: str = "auto"  # candidate generator: "pq" (CPU PQ fast-scan group indexes; their k-means on the GPU
+    #                            when FAISS sees one), "flat" (exact float16 inner products of all 18 layers + norm
+    #                            columns, store/flat.py: on the GPU when FAISS sees one, else a slow CPU reference),
+    #                            "auto" = "flat" when FAISS sees a GPU, else "pq" (CPU stays the default)
     ann_candidates: int = 0  # candidates per group-index shard; 0 = 256 * sqrt(N / 10k), capped by ann_rerank_bytes
     ann_rerank_bytes: int = 32 << 20  # float16 bytes the exact re-rank of one probe may read (caps the default)
     ann_max_candidates: int = 16_384  # per-request limit on candidates
@@ -73,6 +77,8 @@ class StoreConfig:
             raise InvalidArgument(f"index_mode {self.index_mode!r} is not one of: exact, ann")
         if self.vector_dtype not in ("float32", "float16"):
             raise InvalidArgument(f"vector_dtype {self.vector_dtype!r} is not one of: float32, float16")
+        if self.ann_backend not in ("auto", "pq", "flat"):
+            raise InvalidArgument(f"ann_backend {self.ann_backend!r} is not one of: auto, pq, flat")
         if self.ann_pq_m not in PQ_MS:
             raise InvalidArgument(f"ann_pq_m must be one of {PQ_MS}, got {self.ann_pq_m}")
         for g in self.ann_groups:
