@@ -247,7 +247,8 @@ def cmd_stats(args) -> int:
                       "index_bytes": s.index_bytes, "lmdb_used_bytes": s.lmdb_used_bytes,
                       "lmdb_map_bytes": s.lmdb_map_bytes, "index_mode": s.index_mode,
                       "ann_max_candidates": s.ann_max_candidates, "ann_layers": format_layers(s.ann_layers),
-                      "ann_candidates_by_encoder": dict(s.ann_candidates_by_encoder)}))
+                      "ann_candidates_by_encoder": dict(s.ann_candidates_by_encoder),
+                      "ann_backend": s.ann_backend, "gpu_index_bytes": s.gpu_index_bytes}))
     return 0
 
 

@@ -239,6 +239,8 @@ class StoreStats:
     # size (what ann_candidates=0 means now); 0 = such a match scans every key exactly (exact mode, not trained
     # yet, or too few keys to be worth approximating)
     ann_candidates_by_encoder: Mapping[str, int] = field(default_factory=dict)
+    ann_backend: str = ""  # ann mode: "pq", "flat-gpu" or "flat-cpu" (StoreConfig.ann_backend resolved); exact: ""
+    gpu_index_bytes: int = 0  # bytes of the flat candidate indexes on the GPU
 
 
 def better(metric: str, a: float, b: float) -> bool:

@@ -213,7 +213,8 @@ def stats_to_pb(s: StoreStats) -> pb.StatsResponse:
                   for e, n in sorted(s.keys_by_encoder.items())],
         index_bytes=s.index_bytes, lmdb_used_bytes=s.lmdb_used_bytes, lmdb_map_bytes=s.lmdb_map_bytes,
         index_mode=s.index_mode, next_key_id=s.next_key_id, ann_max_candidates=s.ann_max_candidates,
-        ann_layers=format_layers(s.ann_layers) if s.ann_layers else "",
+        ann_layers=format_layers(s.ann_layers) if s.ann_layers else "", ann_backend=s.ann_backend,
+        gpu_index_bytes=s.gpu_index_bytes,
     )
 
 
@@ -224,4 +225,5 @@ def stats_from_pb(m: pb.StatsResponse) -> StoreStats:
         index_mode=m.index_mode, next_key_id=m.next_key_id, ann_max_candidates=m.ann_max_candidates,
         ann_layers=parse_layers(m.ann_layers) if m.ann_layers else (),
         ann_candidates_by_encoder={e.encoder_id: e.ann_candidates for e in m.encoders},
+        ann_backend=m.ann_backend, gpu_index_bytes=m.gpu_index_bytes,
     )

@@ -18,7 +18,7 @@ from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
 from facekeys.records import MatchQuery, NewKey
 from facekeys.store import StoreConfig
-from facekeys.store.ann import default_candidates
+from facekeys.store.ann import default_candidates, resolve_backend
 from facekeys.v1 import keystore_pb2 as pb
 from facekeys.v1 import keystore_pb2_grpc as pb_grpc
 
@@ -110,6 +110,8 @@ def test_stats_report_mode_and_ann_defaults(ann_server, server_factory):
     with Client(srv.address) as c:
         s = c.stats()
     assert s.index_mode == "ann" and s.ann_max_candidates == MAX_C and s.ann_layers == (0, 1, 2, 3)
+    backend = resolve_backend(StoreConfig(**CFG))  # "pq" here; "flat-gpu" where FAISS sees a GPU
+    assert s.ann_backend == backend and (s.gpu_index_bytes > 0) == (backend == "flat-gpu")
     expected = default_candidates(N, 4, 1 + StoreConfig().rerank_extra, StoreConfig(**CFG))
     assert dict(s.ann_candidates_by_encoder) == {"enc": expected} and 0 < expected < N
     # an exact store: mode, the limit (checked there too), and no ann candidates
@@ -118,6 +120,7 @@ def test_stats_report_mode_and_ann_defaults(ann_server, server_factory):
         c.enroll([NewKey(x, "enc2") for x in random_keys(3, seed=7)])
         s = c.stats()
         assert (s.index_mode, s.ann_max_candidates, s.ann_layers) == ("exact", 16_384, (0, 1, 2, 3, 4, 5))
+        assert (s.ann_backend, s.gpu_index_bytes) == ("", 0)
         assert dict(s.ann_candidates_by_encoder) == {"enc2": 0}
         with pytest.raises(InvalidArgument, match="ann_candidates must be in 0..16384"):
             c.match(random_keys(1, seed=7)[0], "enc2", ann_candidates=16_385)
@@ -168,4 +171,5 @@ def test_cli_flags(ann_server, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("facekeys: error: ") and "ann_candidates" in lines[0], p.stderr
     stats = json.loads(cli("stats", "--server", srv.address).stdout)
     assert stats["index_mode"] == "ann" and stats["ann_max_candidates"] == MAX_C and stats["ann_layers"] == "1-4"
+    assert stats["ann_backend"] == resolve_backend(StoreConfig(**CFG))
     assert stats["ann_candidates_by_encoder"]["enc"] > 0

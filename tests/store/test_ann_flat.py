@@ -12,6 +12,7 @@ from facekeys.bench.synthetic import SyntheticConfig, make_workload
 from facekeys.dims import DIM, N_LAYERS
 from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
+from facekeys.records import MatchQuery, NewKey
 from facekeys.store import Filter, StoreConfig
 from facekeys.store.ann import AnnLayerIndex, resolve_backend
 from facekeys.store.flat import D_FLAT, NORM_SCALE, TAU, flat_probe, gpu_count, norm_columns
@@ -175,3 +176,15 @@ def test_flat_merges_compaction_snapshot_and_reload(tmp_path):
         back.close(snapshot=False)
     with pytest.raises(SnapshotError, match="backend"):  # a flat snapshot is no PQ index
         AnnLayerIndex.load(StoreConfig(**dict(FLAT, ann_backend="pq")), tmp_path / "idx", background=False)
+
+
+def test_keystore_stats_report_the_flat_backend(store_factory):
+    store = store_factory(**dict(FLAT, ann_train_min=1024))
+    gallery = random_keys(1100, seed=41)
+    store.enroll([NewKey(x, "enc") for x in gallery])
+    store._indexes["enc"].sync()
+    s = store.stats()
+    assert (s.index_mode, s.ann_backend) == ("ann", BACKEND)
+    assert s.gpu_index_bytes == (1100 * D_FLAT * 2 if BACKEND == "flat-gpu" else 0)
+    r = store.match(MatchQuery.build(gallery[:3], "enc", "high:4", "l2", top_k=1))
+    assert [p.hits[0].key_id for p in r.results] == [1, 2, 3]

@@ -26,7 +26,7 @@ from facekeys.records import (
     METRICS, EnrolledKey, Hit, KeyRecord, MatchQuery, MatchResult, NewKey, ProbeResult, StoreStats,
     better, check_id, check_latents,
 )
-from .ann import AnnFactory, AnnLayerIndex
+from .ann import AnnFactory, AnnLayerIndex, resolve_backend
 from .vectors import FlatLayerIndex, KeyAttrs, VectorIndex
 
 log = logging.getLogger("facekeys.store")
@@ -316,6 +316,8 @@ class KeyStore:
             ann_layers=layers,
             ann_candidates_by_encoder={e: ix.default_candidates(layers) if _is_ann(ix) else 0
                                        for e, ix in indexes.items()},
+            ann_backend=resolve_backend(self.config) if self.config.index_mode == "ann" else "",
+            gpu_index_bytes=sum(getattr(ix, "device_bytes", 0) for ix in indexes.values()),
         )
 
 
