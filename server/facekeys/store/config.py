@@ -58,7 +58,8 @@ class StoreConfig:
     #                            when FAISS sees one), "flat" (exact float16 inner products of all 18 layers + norm
     #                            columns, store/flat.py: on the GPU when FAISS sees one, else a slow CPU reference),
     #                            "auto" = "flat" when FAISS sees a GPU, else "pq" (CPU stays the default)
-    ann_candidates: int = 0  # candidates per group-index shard; 0 = 256 * sqrt(N / 10k), capped by ann_rerank_bytes
+    ann_candidates: int = 0  # candidates per group-index shard (flat: per segment); 0 = 256 * sqrt(N / 10k), capped
+    #                          by ann_rerank_bytes (flat: 256)
     ann_rerank_bytes: int = 32 << 20  # float16 bytes the exact re-rank of one probe may read (caps the default)
     ann_max_candidates: int = 16_384  # per-request limit on candidates
     ann_train_sample: int = 65_536  # keys sampled to train the per-layer means and PQs

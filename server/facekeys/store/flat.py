@@ -15,9 +15,9 @@ so the l2 candidates come in the metric's exact order (up to the probe's roundin
 Cosine, <q_S, x_S> / ||x_S||, is not linear in x; at cosine c and key norm r it is c ||q_S|| r, and the
 linear score above has the same slope in r at r = r_S (the root-mean-square key norm over S, kept by the
 index) when lam = c ||q_S|| / (2 r_S): keys are ranked by cosine with a penalty for norms far from typical.
-TAU stands for c. Measured on the synthetic pSp-like workload (50k keys, 250 probes, ad hoc; RESULTS.md
-section 2): top-1 in the best 64 candidates for 0.69-0.77 of probes with inner products alone (TAU 0), 0.98-
-0.99 at TAU 0.5, 1.0 at TAU 0.8-1.0 (recall@10 of the candidates 1.0 at 0.8 and 0.9, 0.995 at 1.0).
+TAU stands for c. Measured on the synthetic pSp-like workload (`benchmarks/bench_flat_tau.py`: 50k keys, 250
+probes; RESULTS.md section 2): the exact cosine top-1 is among the best 64 candidates for 0.69-0.77 of probes
+with inner products alone (TAU 0), 0.98-0.99 at TAU 0.5, all at TAU 0.8-1.0 (top-10 all at 0.8 and 0.9).
 The exact float64 re-rank in `ann` then scores the candidates: returned scores never come from here.
 
 On a GPU (FAISS GPU build, `gpu_count() > 0`): `faiss.GpuIndexFlatIP` with float16 storage, D_FLAT * 2 =
