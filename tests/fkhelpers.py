@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import time
+
 import numpy as np
 
 from facekeys.dims import DIM, N_LAYERS
@@ -123,3 +128,21 @@ def check_exact(result, gallery16, ids, probes, layers, metric, k, admitted=None
                   if ok}
         hits = [Hit(int(kid), "", float(v), "", "", "", 0.0, 0.0) for kid, v in zip(result.ids[i], result.scores[i])]
         assert_topk_matches_oracle(hits, scores, k, metric, tol=1e-9)
+
+
+def start_server(data_dir, *extra):
+    """`facekeys serve` in a subprocess on a free loopback port: (process, address)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facekeys.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
+         "--metrics-port", "-1", "--map-size", "1G", "--log-level", "WARNING", *map(str, extra)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on (\S+?)(,|$)", line)
+        if m:
+            return proc, m.group(1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("server did not start")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-from fkhelpers import random_keys
+from fkhelpers import random_keys, start_server
 
 
 def run(*args, check=True):
@@ -66,3 +66,30 @@ def test_demo_runs_the_scripted_job(tmp_path):
     for line in lines[:3]:  # a genuine probe is accepted only as itself (TAR < 1 at FAR 1e-3: it may be refused)
         truth = line.split("probe of")[1].split(":")[0].strip()
         assert "refused" in line or f"ACCEPTED best {truth} " in line
+
+
+def test_serve_chooses_the_index_mode(tmp_path):
+    """`facekeys serve --index-mode ann --ann-backend pq`: Stats reports them; bad choices exit non-zero."""
+    from facekeys.client import Client
+    from facekeys.records import NewKey
+
+    proc, address = start_server(tmp_path / "d", "--index-mode", "ann", "--ann-backend", "pq")
+    try:
+        with Client(address) as c:
+            c.enroll([NewKey(x, "enc") for x in random_keys(5, seed=3)])
+            s = c.stats()
+            assert (s.index_mode, s.ann_backend, s.keys) == ("ann", "pq", 5)
+            assert c.match(random_keys(5, seed=3)[2], "enc", "all", "l2").results[0].hits[0].key_id == 3
+    finally:
+        proc.kill()
+        proc.wait()
+    proc, address = start_server(tmp_path / "e", "--vector-dtype", "float16")
+    try:
+        with Client(address) as c:
+            assert (c.stats().index_mode, c.stats().ann_backend) == ("exact", "")
+    finally:
+        proc.kill()
+        proc.wait()
+    for bad in (("--index-mode", "hnsw"), ("--ann-backend", "gpu"), ("--vector-dtype", "int8")):
+        p = run("serve", "--data-dir", tmp_path / "f", "--port", 0, *bad, check=False)
+        assert p.returncode != 0 and bad[1] in p.stderr

@@ -39,7 +39,8 @@ def _server_config(args):
 
     thresholds = {k: v for k, v in (("cosine_threshold", args.cosine_threshold),
                                     ("l2_threshold", args.l2_threshold)) if v is not None}
-    store = StoreConfig(map_size=args.map_size, **thresholds)
+    store = StoreConfig(map_size=args.map_size, index_mode=args.index_mode, vector_dtype=args.vector_dtype,
+                        ann_backend=args.ann_backend, **thresholds)
     security = security_config(args)
 
     def path(v):
@@ -273,6 +274,14 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
     p.add_argument("--map-size", type=parse_size, default=parse_size("64G"), help="LMDB map size (e.g. 64G)")
     p.add_argument("--default-layers", default="high:4", help="layer subset when a Match names none")
+    p.add_argument("--index-mode", choices=("exact", "ann"), default="exact",
+                   help="exact: scan every key; ann: candidates + exact re-rank from float16 files (README, Index "
+                        "modes; not with --master-key-file)")
+    p.add_argument("--vector-dtype", choices=("float32", "float16"), default="float32",
+                   help="exact mode's vectors: float32 in RAM or float16 memory-mapped files")
+    p.add_argument("--ann-backend", choices=("auto", "pq", "flat"), default="auto",
+                   help="ann candidates: auto = a FAISS GPU flat index when the FAISS GPU build sees a GPU, else "
+                        "CPU PQ fast-scan (pq)")
     p.add_argument("--cosine-threshold", type=float,
                    help="default accept threshold (cosine >=; default: StoreConfig's, calibrated on the synthetic "
                         "workload); calibrate on your data with `facekeys bench recall`")

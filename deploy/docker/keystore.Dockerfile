@@ -7,8 +7,8 @@
 #   docker run --init -v facekeys-data:/data -v "$PWD/fk-secrets/keystore:/run/secrets/facekeys:ro" \
 #     -p 127.0.0.1:50051:50051 facekeys/keystore:0.1.0
 # Settings: /etc/facekeys/serve.toml (deploy/config/serve.toml), FACEKEYS_* env, *_FILE secrets;
-# see deploy/docker/entrypoint.py. Ports: 50051 gRPC (TLS), 9100 metrics, 50060 health only (plaintext). There is no GPU variant: the engine has no GPU index mode yet
-# (when it has: swap faiss-cpu for faiss-gpu-cu12 in a CUDA build of this file).
+# see deploy/docker/entrypoint.py. Ports: 50051 gRPC (TLS), 9100 metrics, 50060 health only (plaintext). GPU variant
+# (faiss-gpu; index_mode "ann" then takes its candidates from a GPU flat index): keystore-cuda.Dockerfile.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 

@@ -167,9 +167,9 @@ def test_grafana_provisioning_matches_compose():
 
 
 # -- Dockerfiles -----------------------------------------------------------------------------------------
-def test_the_five_images_exist():
+def test_the_six_images_exist():
     assert {p.name for p in DOCKERFILES} == {
-        "keystore.Dockerfile", "recovery-cpu.Dockerfile", "recovery-cuda.Dockerfile",
+        "keystore.Dockerfile", "keystore-cuda.Dockerfile", "recovery-cpu.Dockerfile", "recovery-cuda.Dockerfile",
         "indexer-cpu.Dockerfile", "indexer-cuda.Dockerfile"}
 
 
@@ -233,9 +233,13 @@ def test_dockerfile_runtime_policy(dockerfile):
     assert any(w == "ENTRYPOINT" and "facekeys-entrypoint" in r for w, r in final)
     pip_lines = " ".join(r for w, r in _instructions(dockerfile) if w == "RUN" and "pip install" in r)
     if "cuda" in dockerfile.name:
-        assert "whl/cpu" not in pip_lines and "torch==" in pip_lines
+        assert "whl/cpu" not in pip_lines
         assert any(w == "ENV" and "NVIDIA_VISIBLE_DEVICES=all" in r for w, r in final)
-    elif dockerfile.name != "keystore.Dockerfile":
+        if dockerfile.name.startswith("keystore"):  # no torch: faiss-gpu replaces faiss-cpu
+            assert "uninstall -y faiss-cpu" in pip_lines and re.search(r"faiss-gpu==[0-9.]+", pip_lines)
+        else:
+            assert "torch==" in pip_lines
+    elif not dockerfile.name.startswith("keystore"):
         assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in pip_lines
     if dockerfile.name == "indexer-cuda.Dockerfile":
         assert "onnxruntime-gpu" in pip_lines

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 
 import numpy as np
 import pytest
-from fkhelpers import random_keys
+from fkhelpers import random_keys, start_server
 
 from facekeys.client import Client
 from facekeys.errors import FacekeysError, NotFound
 from facekeys.records import NewKey
-
-
-def start_server(data_dir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facekeys.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
-         "--metrics-port", "-1", "--map-size", "1G", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"listening on (\S+?)(,|$)", line)
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 @pytest.mark.slow
