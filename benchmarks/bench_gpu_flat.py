@@ -105,7 +105,8 @@ def main():
                 # the probes' source rows are the first 4 rows of each of the first 16 chunks: labels 8192 c + j
                 src = np.array([BUILD_ROWS * (i // 4) + i % 4 for i in range(b)])
                 hit = np.mean(labels[:, 0] == src)
-                lines.append(f"| {subset} | {metric} | {k} | {np.median(t) * 1e3:.2f} / {np.percentile(t, 99) * 1e3:.2f} "
+                lines.append(f"| {subset} | {metric} | {k} | {np.median(t) * 1e3:.2f} / "
+                             f"{np.percentile(t, 99) * 1e3:.2f} "
                              f"| {np.median(tb) / b * 1e3:.3f} | {hit:.2f} |")
                 print(lines[-1], flush=True)
     flat.release()

@@ -25,8 +25,8 @@ from facekeys.v1 import keystore_pb2_grpc as pb_grpc
 N, K, MAX_C = 1500, 10, 4096
 # ann_exact_bytes=0: even this small store answers from the PQ candidates (by default it would scan exactly);
 # ann_max_candidates above N, so the limit itself makes every key a candidate
-CFG = dict(index_mode="ann", ann_train_min=1024, ann_merge_idle_s=0.05, ann_exact_bytes=0, ann_max_candidates=MAX_C,
-           durable=False)
+CFG = dict(index_mode="ann", ann_backend="pq", ann_train_min=1024, ann_merge_idle_s=0.05, ann_exact_bytes=0,
+           ann_max_candidates=MAX_C, durable=False)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from fkhelpers import assert_topk_matches_oracle, attrs, check_exact, enrol, f16
 
 
 SUBSETS = ("high:1", "high:4", "high:6", "all", "low:3", "1,5,18")
-CFG = dict(index_mode="ann", ann_train_min=1024, ann_merge_idle_s=0.05)
+# The PQ backend also where FAISS sees a GPU ("auto" would pick the flat one there: test_ann_flat.py)
+CFG = dict(index_mode="ann", ann_backend="pq", ann_train_min=1024, ann_merge_idle_s=0.05)
 # The trained gallery (3,000 keys: 3 MB of float16 per layer) would be scanned exactly under the default
 # ann_exact_bytes (64 MiB); 1 MiB makes every unfiltered search use the PQ candidates, while very selective
 # filters (a few dozen keys) are still answered by an exact scan of the admitted rows.
@@ -247,7 +248,7 @@ def test_group_specs_and_cover_by_code_bytes():
     assert parse_group("high:16/32", 64) == (tuple(range(16)), 32)
     assert parse_group("9-16", 64) == (tuple(range(8, 16)), 64)
     assert StoreConfig(ann_groups=("all/16",)).ann_groups == ("all/16",)  # 18 x 16 = 288 sub-quantisers
-    ix = AnnLayerIndex(StoreConfig(index_mode="ann"), None, background=False)
+    ix = AnnLayerIndex(StoreConfig(index_mode="ann", ann_backend="pq"), None, background=False)
     try:
         def cover(subset):
             return [(g[0][0] + 1, g[0][-1] + 1, g[1], len(part)) for g, part in ix.cover(parse_layers(subset))]

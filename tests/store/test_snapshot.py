@@ -18,7 +18,7 @@ from facekeys.store.ann import AnnLayerIndex
 from fkhelpers import enrol, f16, oracle, random_keys
 
 
-ANN = dict(index_mode="ann", ann_train_min=1024, map_size=1 << 30, durable=False)
+ANN = dict(index_mode="ann", ann_backend="pq", ann_train_min=1024, map_size=1 << 30, durable=False)
 
 
 def top1(store, probes, subset="high:4", metric="l2"):
@@ -179,7 +179,8 @@ def test_killed_mid_write_leaves_old_snapshot_usable(tmp_path):
         rng = np.random.default_rng(0)
         x = (rng.standard_normal((18, 512)) + 0.7 * rng.standard_normal((1300, 18, 512))).astype(np.float32)
         a = [KeyAttrs("p", "c", 0.0, 0.0)] * 1300
-        ix = AnnLayerIndex(StoreConfig(index_mode="ann", ann_train_min=1024), {str(tmp_path / 'idx')!r},
+        ix = AnnLayerIndex(StoreConfig(index_mode="ann", ann_backend="pq", ann_train_min=1024),
+                           {str(tmp_path / 'idx')!r},
                            background=False)
         ix.add(np.arange(1, 1201), x[:1200], a[:1200])
         ix.sync()
@@ -201,6 +202,7 @@ def test_killed_mid_write_leaves_old_snapshot_usable(tmp_path):
     assert out.returncode == 137, out.stderr + out.stdout
     snaps = tmp_path / "idx" / "snapshots"
     assert any(p.name.startswith("tmp-") for p in snaps.iterdir())  # the torn write is there
-    ix = AnnLayerIndex.load(StoreConfig(index_mode="ann", ann_train_min=1024), tmp_path / "idx", background=False)
+    ix = AnnLayerIndex.load(StoreConfig(index_mode="ann", ann_backend="pq", ann_train_min=1024), tmp_path / "idx",
+                            background=False)
     assert len(ix) == 1200 and ix.trained and ix.buffered == 0
     ix.close(snapshot=False)

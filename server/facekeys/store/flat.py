@@ -71,7 +71,8 @@ def gpu_resources():
 
 def norm_columns(norm2: np.ndarray) -> np.ndarray:
     """(m, 18) float32 squared layer norms -> (m, 18 * 3) float32 values that float16 holds exactly and whose
-    per-layer sum is norm2 * NORM_SCALE (to ~2**-33 relative, or float16's subnormal step 2**-25 absolute); clamped at float16's largest value."""
+    per-layer sum is norm2 * NORM_SCALE (to ~2**-33 relative, or float16's subnormal step 2**-25 absolute);
+    clamped at float16's largest value."""
     v = np.minimum(np.asarray(norm2, np.float64) * NORM_SCALE, F16_MAX)
     parts = []
     for _ in range(NORM_PARTS):
