@@ -43,17 +43,7 @@ cc -shared -fPIC -O2 -Wl,-soname,libcublas.so.12 -Wl,--version-script=benchmarks
 echo 'int facekeys_cublaslt12_placeholder;' | cc -shared -fPIC -Wl,-soname,libcublasLt.so.12 -o "$SHIM/libcublasLt.so.12" -x c - || exit 1
 export LD_LIBRARY_PATH="$SHIM:$SITE/nvidia/cuda_runtime/lib:$(dirname "${CUBLAS13:-/nonexistent/x}"):${LD_LIBRARY_PATH:-}"
 
-FK=$(mktemp -d)/pkg
-mkdir -p "$FK"
-cp -r client/facekeys "$FK/facekeys"
-python3 - "$FK" <<'PY'
-import os, sys, tomllib
-fk = sys.argv[1]
-for name, path in tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"].items():
-    parts = name.split(".")
-    if len(parts) == 2 and not path.startswith("client/facekeys/"):
-        os.symlink(os.path.abspath(path), os.path.join(fk, "facekeys", parts[1]))
-PY
+source benchmarks/device/pkg_layout.sh
 export PYTHONPATH="$FK:$SITE"
 EXT=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 INC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')

@@ -6,17 +6,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-FK=$(mktemp -d)/pkg
-mkdir -p "$FK"
-cp -r client/facekeys "$FK/facekeys"
-python3 - "$FK" <<'PY'
-import os, sys, tomllib
-fk = sys.argv[1]
-for name, path in tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"].items():
-    parts = name.split(".")
-    if len(parts) == 2 and not path.startswith("client/facekeys/"):  # facekeys.<sub> outside the client tree
-        os.symlink(os.path.abspath(path), os.path.join(fk, "facekeys", parts[1]))
-PY
+source benchmarks/device/pkg_layout.sh
 export PYTHONPATH="$FK" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
