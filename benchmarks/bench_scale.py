@@ -2,6 +2,7 @@
 
     python benchmarks/bench_scale.py --n 100000 --keystore --out benchmarks/RESULTS.md
     python benchmarks/bench_scale.py --n 1000000 --append benchmarks/RESULTS.md
+    python benchmarks/bench_scale.py --n 100000 --backend flat --threads 16   # GPU box (faiss-gpu): flat-gpu
 
 SYNTHETIC pSp-like latents: the model of benchmarks/facekeys/bench/synthetic.py (shared latent_avg,
 per-layer identity profile, anisotropic noise, shared nuisance directions), streamed in chunks so that 1M
