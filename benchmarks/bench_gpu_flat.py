@@ -7,7 +7,9 @@ norm columns (store/flat.py) for one probe and for batches, per layer subset and
 candidates and the GPU's k limit; plus the add rate (float16 -> float32 rows, norm columns, upload) that a
 start-up from snapshot pays to rebuild the index. The exact re-rank of the candidates on the CPU is the same
 work at any N (measured by bench_scale.py). Vectors: random rows of a synthetic block (a fresh random
-row permutation and column sign flip per 8,192-row chunk), SYNTHETIC: latency does not depend on the values.
+row permutation and per-layer sign flip per 8,192-row chunk), SYNTHETIC: latency does not depend on the values.
+Subsets of few layers therefore hold exact duplicates: the last column (probe's source row first) is a sanity
+check for 9 and 18 layers only.
 """
 
 from __future__ import annotations
