@@ -69,7 +69,8 @@ def test_flat_probe_scores_against_the_oracle(metric):
 def _flat_index(scale_spread: float):
     data = make_workload(SyntheticConfig(identities=3000, seed=5))
     rng = np.random.default_rng(6)
-    gallery = (data.gallery * rng.uniform(1 / scale_spread, scale_spread, (len(data.gallery), 1, 1))).astype(np.float32)
+    scale = rng.uniform(1 / scale_spread, scale_spread, (len(data.gallery), 1, 1))
+    gallery = (data.gallery * scale).astype(np.float32)
     probes = gallery[:40] + 0.2 * random_keys(40, seed=7)
     ix = AnnLayerIndex(StoreConfig(**FLAT), None, background=False)
     ids = np.arange(1, len(gallery) + 1, dtype=np.int64)
@@ -132,7 +133,9 @@ def test_flat_cosine_finds_the_exact_top1(flat_gallery):
             np.testing.assert_allclose(c.scores[i], oracle(g16, probe, lay, "cosine")[c.ids[i] - 1], rtol=1e-10)
 
 
-def test_flat_filters_and_deletes(flat_gallery):
+def test_flat_filters(flat_gallery):
+    """A broad filter (one camera) and a very selective one (two identities): the candidates grow with 1 / the
+    admitted share (up to ann_max_candidates; the GPU returns at most 2,048) and the excluded are dropped."""
     ix, gallery, probes, ids = flat_gallery
     g16 = f16(gallery)
     a = attrs(len(ids))
