@@ -15,7 +15,7 @@ from facekeys.layers import parse_layers
 from facekeys.records import MatchQuery, NewKey
 from facekeys.store import Filter, StoreConfig
 from facekeys.store.ann import AnnLayerIndex, resolve_backend
-from facekeys.store.flat import D_FLAT, NORM_SCALE, TAU, flat_probe, gpu_count, norm_columns
+from facekeys.store.flat import D_FLAT, NORM_SCALE, TAU, FlatCandidates, flat_probe, gpu_count, norm_columns
 from facekeys.store.snapshot import SnapshotError
 
 from fkhelpers import attrs, check_exact, f16, oracle, random_keys
@@ -146,6 +146,33 @@ def test_flat_filters(flat_gallery):
         for metric in ("l2", "cosine"):
             r = ix.search(probes[:6], lay, metric, 5, flt, candidates=2000)
             check_exact(r, g16, ids, probes[:6], lay, metric, min(5, int(admitted.sum())), admitted)
+
+
+def test_more_candidates_than_the_gpu_returns_scan_exactly(flat_gallery, monkeypatch):
+    """Asking a segment for more candidates than it can return (the GPU's k limit, emulated here with a limit
+    of 64) scans the admitted rows exactly instead of returning fewer candidates."""
+    ix, gallery, probes, ids = flat_gallery
+    scanned = []
+    real_scan = AnnLayerIndex._scan
+
+    def scan(self, q_all, lay, metric, kk, rows):
+        scanned.append(len(rows) if not isinstance(rows, slice) else rows.stop - rows.start)
+        return real_scan(self, q_all, lay, metric, kk, rows)
+
+    monkeypatch.setattr(AnnLayerIndex, "_scan", scan)
+    monkeypatch.setattr(FlatCandidates, "max_k", property(lambda self: min(64, self.ntotal)))
+    lay = parse_layers("high:6")
+    ix.search(probes[:3], lay, "cosine", 5, Filter(), candidates=64)
+    assert len(gallery) not in scanned  # within the limit: candidates only (single-probe pool scans)
+    r = ix.search(probes[:3], lay, "cosine", 5, Filter(), candidates=65)
+    assert len(gallery) in scanned
+    check_exact(r, f16(gallery), ids, probes[:3], lay, "cosine", 5)
+    flt = Filter(camera_ids=("cam2",))  # ~25 %: 64 candidates over-fetched to 256 > 64
+    admitted = np.array([x.camera_id == "cam2" for x in attrs(len(ids))])
+    scanned.clear()
+    r = ix.search(probes[:3], lay, "l2", 5, flt, candidates=64)
+    assert int(admitted.sum()) in scanned
+    check_exact(r, f16(gallery), ids, probes[:3], lay, "l2", 5, admitted)
 
 
 def test_flat_merges_compaction_snapshot_and_reload(tmp_path):

@@ -613,7 +613,7 @@ class AnnLayerIndex(FilterColumns):
         if frac < 1.0:  # filtered (or deletions): fetch more, drop the excluded afterwards
             c = int(min(cfg.ann_max_candidates, math.ceil(c / max(frac, 1e-3))))
         if self.backend != "pq":
-            return self._flat_pools(q_all, lay, metric, c, segments, mask)
+            return self._flat_pools(q_all, lay, metric, kk, c, segments, covered, mask)
         means = self._codebooks.means
         jobs = []
         cover = self.cover(lay)
@@ -643,9 +643,15 @@ class AnnLayerIndex(FilterColumns):
             pools.append(np.unique(rows) if len(cover) > 1 else rows)
         return pools
 
-    def _flat_pools(self, q_all, lay, metric, c, segments, mask) -> list[np.ndarray]:
+    def _flat_pools(self, q_all, lay, metric, kk, c, segments, covered, mask) -> list[np.ndarray]:
         """Flat backend: per probe, the best `c` rows of every segment by the flat index's exact inner product
-        (l2: in the metric's order; store/flat.py)."""
+        (l2: in the metric's order; store/flat.py). Where a segment cannot return `c` (the GPU's k limit, e.g.
+        a selective filter's over-fetch), the admitted covered rows are scanned exactly instead: never fewer
+        candidates than asked for."""
+        if any(min(c, seg.flat.ntotal) > seg.flat.max_k for seg in segments):
+            rows = np.flatnonzero(mask[:covered])
+            return self._scan(q_all, lay, metric, min(kk, len(rows)), rows) if len(rows) else \
+                [np.zeros(0, np.int64) for _ in range(len(q_all))]
         qf = flat_probe(q_all, lay, metric, self._norm2_sum / max(1, self._count))  # (Q, D_FLAT)
         found = [np.where(I >= 0, seg.rows[np.maximum(I, 0)], -1) for seg in segments
                  for I in [seg.flat.search(qf, c)]]
