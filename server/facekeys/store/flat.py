@@ -23,7 +23,8 @@ The exact float64 re-rank in `ann` then scores the candidates: returned scores n
 On a GPU (FAISS GPU build, `gpu_count() > 0`): `faiss.GpuIndexFlatIP` with float16 storage, D_FLAT * 2 =
 18,540 bytes per key on the card (about 4M keys on an 80 GB card). Without one: `faiss.IndexScalarQuantizer`
 QT_fp16, the same bytes in RAM and the same candidates (slow: a reference for tests and small stores).
-Nothing is trained: every segment is exact over its rows.
+Nothing is trained: every segment is exact over its rows. A search that needs more candidates than the GPU
+returns (GPU_MAX_K; a selective filter's over-fetch) scans the admitted rows exactly instead (ann._flat_pools).
 
 FAISS GPU indexes and their resources are not thread-safe: every call on them takes `_GPU_LOCK` (the card
 serialises the work anyway). No CUDA is touched at import; `gpu_count()` asks FAISS once, lazily.
