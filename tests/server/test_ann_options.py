@@ -42,8 +42,9 @@ def ann_server(server_factory):
 
 
 def oracle_top(gallery, probe, layers, metric, k):
-    """Exact top-k (key ids, scores) over the stored float16 values, in float64."""
-    x = gallery.astype(np.float16).astype(np.float64)[:, list(layers), :].reshape(len(gallery), -1)
+    """Exact top-k (key ids, scores) over the enrolled float32 values, in float64 (Match re-scores the float16
+    index's best k + 16 from the float32 keys in LMDB)."""
+    x = gallery.astype(np.float64)[:, list(layers), :].reshape(len(gallery), -1)
     q = probe[list(layers)].astype(np.float64).ravel()
     if metric == "cosine":
         s = x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))

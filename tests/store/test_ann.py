@@ -176,9 +176,10 @@ def test_new_keys_searchable_while_training_and_deletes_respected(monkeypatch):
 
 
 def test_keystore_ann_and_float16_modes_equal_oracle(store_factory):
+    """Through the KeyStore the float16 modes return the float32 oracle's values (the index's best k + 16 are
+    re-scored from the float32 keys in LMDB)."""
     gallery = random_keys(1200, seed=21)
     probes = gallery[:5] + 0.3 * random_keys(5, seed=22)
-    g16 = f16(gallery)
     for name, cfg in (("ann", dict(CFG, ann_exact_bytes=0)), ("f16", dict(vector_dtype="float16"))):
         store = store_factory(name, **cfg)
         ids = enrol(store, gallery)
@@ -188,7 +189,7 @@ def test_keystore_ann_and_float16_modes_equal_oracle(store_factory):
             for metric in ("cosine", "l2"):
                 r = store.match(MatchQuery.build(probes, "enc", subset, metric, top_k=5))
                 for probe, pr in zip(probes, r.results):
-                    scores = dict(zip(ids, oracle(g16, probe, parse_layers(subset), metric)))
+                    scores = dict(zip(ids, oracle(gallery, probe, parse_layers(subset), metric)))
                     if name == "f16":
                         assert_topk_matches_oracle(pr.hits, scores, 5, metric, tol=1e-9)
                     else:  # ann: exact values, and the genuine nearest key first
@@ -260,3 +261,36 @@ def test_group_specs_and_cover_by_code_bytes():
         assert cover("low:3") == [(17, 18, 64, 2), (16, 16, 64, 1)]  # 96 B per key; low:4 would scan 128
     finally:
         ix.close(snapshot=False)
+
+
+def _float16_flips(n_pairs: int = 2000, seed: int = 5):
+    """A probe and two keys whose l2 order over all layers flips when the keys are stored as float16."""
+    rng = np.random.default_rng(seed)
+    probe = rng.standard_normal((18, 512)).astype(np.float32)
+    for _ in range(n_pairs):
+        a = probe + 0.05 * rng.standard_normal((18, 512)).astype(np.float32)
+        b = probe + (a - probe) * np.float32(1 + 1e-6) + 1e-5 * rng.standard_normal((18, 512)).astype(np.float32)
+        d32 = [np.linalg.norm((x.astype(np.float64) - probe).ravel()) for x in (a, b)]
+        d16 = [np.linalg.norm((f16(x).astype(np.float64) - probe).ravel()) for x in (a, b)]
+        if (d32[0] < d32[1]) != (d16[0] < d16[1]):
+            return probe, (a, b) if d32[0] < d32[1] else (b, a), max(d32)
+    raise AssertionError("no float16 flip found")
+
+
+@pytest.mark.parametrize("mode", [dict(vector_dtype="float16"), dict(CFG, ann_exact_bytes=0)])
+def test_float16_modes_keep_the_float32_order_of_near_ties(store_factory, mode):
+    """Two keys closer together than float16 can resolve: the float16 index alone ranks them in the wrong
+    order; Match (re-scored from the float32 keys) returns the float32 order and the float32 distances."""
+    probe, (near, far), _ = _float16_flips()
+    store = store_factory(**mode)
+    others = random_keys(1100, seed=9)
+    ids = enrol(store, np.concatenate([others, [far, near]]))
+    store._indexes["enc"].sync()
+    far_id, near_id = ids[-2], ids[-1]
+    lay = tuple(range(18))
+    index_only = store._indexes["enc"].search(probe[None], lay, "l2", 2, Filter(), exact=True)
+    assert index_only.ids[0].tolist() == [far_id, near_id]  # float16 storage flips them
+    r = store.match(MatchQuery.build(probe[None], "enc", "all", "l2", top_k=2)).results[0]
+    assert [h.key_id for h in r.hits] == [near_id, far_id]
+    want = oracle(np.stack([near, far]), probe, lay, "l2")
+    np.testing.assert_allclose([h.score for h in r.hits], want, rtol=1e-12)

@@ -9,11 +9,11 @@ import pytest
 
 from facekeys.dims import DIM
 from facekeys.layers import parse_layers
-from facekeys.store import MatchQuery
+from facekeys.store import Filter, MatchQuery
 from facekeys.store import ann
 from facekeys.store.ann import _SCALE, _dot_numpy
 
-from fkhelpers import assert_topk_matches_oracle, enrol, oracle, random_keys
+from fkhelpers import assert_topk_matches_oracle, check_exact, enrol, oracle, random_keys
 
 
 needs_c = pytest.mark.skipif(ann._f16dot is None, reason="C kernel not built (pip install -e . builds it)")
@@ -157,13 +157,17 @@ def test_float16_exact_store_equals_oracle_with_and_without_c(store_factory, mon
     probes = gallery[[0, 250, 999, 1000]] + 0.3 * random_keys(4, seed=32)
     ix = store._indexes["enc"]
     alive = set(ix.alive_ids().tolist())
+    admitted = np.array([k in alive for k in ids])
     for subset in ("high:1", "high:4", "all", "1,5,18"):
         layers = parse_layers(subset)
         for metric in ("cosine", "l2"):
             for batch in (probes[:1], probes):  # one probe, and a batch
-                r = store.match(MatchQuery.build(batch, "enc", subset, metric, top_k=7))
-                for probe, pr in zip(batch, r.results):
-                    scores = {k: s for k, s in zip(ids, oracle(g16, probe, layers, metric)) if k in alive}
+                # the index: the float16 oracle; Match: the float32 one (its best k + 16 re-scored from LMDB)
+                r = ix.search(batch, layers, metric, 7, Filter())
+                check_exact(r, g16, np.array(ids), batch, layers, metric, 7, admitted)
+                m = store.match(MatchQuery.build(batch, "enc", subset, metric, top_k=7))
+                for probe, pr in zip(batch, m.results):
+                    scores = {k: s for k, s in zip(ids, oracle(gallery, probe, layers, metric)) if k in alive}
                     assert_topk_matches_oracle(pr.hits, scores, 7, metric, tol=1e-9)
 
 

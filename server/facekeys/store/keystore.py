@@ -27,7 +27,7 @@ from facekeys.records import (
     better, check_id, check_latents,
 )
 from .ann import AnnFactory, AnnLayerIndex, resolve_backend
-from .vectors import FlatLayerIndex, KeyAttrs, VectorIndex
+from .vectors import FlatLayerIndex, KeyAttrs, SearchResult, VectorIndex, exact_scores
 
 log = logging.getLogger("facekeys.store")
 
@@ -202,7 +202,11 @@ class KeyStore:
             raise NotFound(f"no keys were ever enrolled with encoder_id {query.encoder_id!r} (known: {known})")
         # ann options go to ann indexes only: exact indexes (float32, float16) always scan every admitted key
         opts = query.index_options() if _is_ann(index) else {}
-        found = index.search(probes, query.layers, query.metric, query.top_k, flt, **opts)
+        float16 = isinstance(index, AnnLayerIndex)  # ann and exact float16: re-scored from the float32 keys
+        k = query.top_k + (cfg.rerank_extra if float16 else 0)
+        found = index.search(probes, query.layers, query.metric, k, flt, **opts)
+        if float16:
+            found = self._rescore_float32(found, probes, query.layers, query.metric, query.top_k)
         metas = self._table.get_meta(sorted({int(i) for i in found.ids.ravel() if i >= 0}))
         results = []
         for ids, scores in zip(found.ids, found.scores):
@@ -212,6 +216,29 @@ class KeyStore:
             accepted = bool(hits) and better(query.metric, hits[0].score, threshold)
             results.append(ProbeResult(accepted, hits))
         return MatchResult(tuple(results), query.layers, query.metric, threshold, found.searched)
+
+    def _rescore_float32(self, found: SearchResult, probes: np.ndarray, layers: tuple[int, ...], metric: str,
+                         k: int) -> SearchResult:
+        """The float16 index's best k + rerank_extra per probe, scored again in float64 from the float32 keys in
+        LMDB and cut to k, ordered by (score, key id): returned scores and order are those of the enrolled
+        float32 values (as in the float32 exact mode), so float16 storage cannot reorder near-ties."""
+        wanted = sorted({int(i) for i in found.ids.ravel() if i >= 0})
+        latents = self._table.get_latents(wanted, layers)  # {id: (|S|, 512) float32}
+        kout = min(k, found.ids.shape[1])
+        ids = np.full((len(probes), kout), -1, np.int64)
+        scores = np.zeros((len(probes), kout), np.float64)
+        q_all = np.ascontiguousarray(probes[:, list(layers)], np.float32)  # (Q, |S|, 512)
+        for i, row in enumerate(found.ids):
+            key_ids = np.array([int(j) for j in row if j >= 0 and int(j) in latents], np.int64)
+            if len(key_ids) == 0:
+                continue
+            x = np.stack([latents[int(j)] for j in key_ids])  # (m, |S|, 512)
+            views = [np.ascontiguousarray(x[:, j, :]) for j in range(x.shape[1])]
+            s = exact_scores(q_all[i], views, np.arange(len(key_ids)), metric)
+            order = np.lexsort((key_ids, -s if metric == "cosine" else s))[:kout]
+            ids[i, : len(order)] = key_ids[order]
+            scores[i, : len(order)] = s[order]
+        return SearchResult(ids, scores, found.searched)
 
     # -- get / delete / list / stats ---------------------------------------------------------------
     def get(self, key_id: int, include_latent: bool = False) -> KeyRecord:

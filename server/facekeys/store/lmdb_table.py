@@ -213,6 +213,23 @@ class LmdbTable:
                     out[key_id] = self._decode_meta(key_id, bytes(raw))
         return out
 
+    def get_latents(self, key_ids: Sequence[int], layers: Sequence[int]) -> dict[int, np.ndarray]:
+        """{key_id: (|S|, 512) float32} of the stored latents' selected layers (0-based); absent keys are left out.
+        Unencrypted values are sliced in place (only the selected layers' pages are read)."""
+        out = {}
+        lay = list(layers)
+        with self.env.begin(buffers=True) as txn:
+            for key_id in key_ids:
+                kb = _k(key_id)
+                raw = txn.get(kb, db=self._latent)
+                if raw is None:
+                    continue
+                if self._cipher is not None:
+                    meta = self._decode_meta(key_id, bytes(txn.get(kb, db=self._meta)))
+                    raw = self._open(meta.identity_id, b"latent", kb, bytes(raw))
+                out[key_id] = np.frombuffer(raw, "<f4").reshape(KEY_SHAPE)[lay].copy()
+        return out
+
     def iter_meta(self) -> Iterator[StoredMeta]:
         """Metadata of every key in key-id order (decrypted when the store is encrypted; no latents), read in
         one read transaction."""
