@@ -294,3 +294,44 @@ def test_float16_modes_keep_the_float32_order_of_near_ties(store_factory, mode):
     assert [h.key_id for h in r.hits] == [near_id, far_id]
     want = oracle(np.stack([near, far]), probe, lay, "l2")
     np.testing.assert_allclose([h.score for h in r.hits], want, rtol=1e-12)
+
+
+def test_codebooks_are_retrained_as_the_store_grows():
+    """Trained at ann_train_min keys, the PQ is trained again (and every covered row re-encoded into one
+    segment) once the store has grown RETRAIN_GROWTH-fold, until a training saw ann_train_sample keys."""
+    from facekeys.store.ann import RETRAIN_GROWTH
+
+    data = make_workload(SyntheticConfig(identities=7000, seed=13))
+    ix = AnnLayerIndex(StoreConfig(**CFG, ann_exact_bytes=0, ann_train_sample=4096), None, background=False)
+    try:
+        ix.add(np.arange(1, 1101), data.gallery[:1100], attrs(1100, 1))
+        ix.sync()
+        first = ix._codebooks
+        assert ix._trained_n == 1100 and ix.pending(force=True) == ""
+        n = 1100 * RETRAIN_GROWTH
+        ix.add(np.arange(1101, n + 1), data.gallery[1100:n], attrs(n - 1100, 2))
+        ix.work_once(force=True)  # the new rows are merged first
+        assert ix.pending(force=True) == "retrain"
+        ix.sync()
+        assert ix._trained_n == n and ix._codebooks is not first and len(ix._segments) == 1
+        assert len(ix._segments[0].rows) == n and ix.buffered == 0
+        assert not np.array_equal(ix._codebooks.means, first.means)
+        if n < 4096:  # once more, up to ann_train_sample
+            m = 2 * n
+            ix.add(np.arange(n + 1, m + 1), data.gallery[n:m], attrs(m - n, 3))
+            ix.sync()
+            assert ix._trained_n == m
+            n = m
+        ix.add(np.arange(n + 1, n + 2001), data.gallery[n : n + 2000], attrs(2000, 4))
+        ix.sync()  # the last training saw >= ann_train_sample keys: no more retraining
+        assert ix._trained_n == n and len(ix) == n + 2000
+        probes = data.probes[:100]
+        total = n + 2000
+        for subset in ("high:4", "all"):
+            lay = parse_layers(subset)
+            ann = ix.search(probes, lay, "l2", 10, Filter())
+            ex = ix.search(probes, lay, "l2", 10, Filter(), exact=True)
+            assert np.mean(ann.ids[:, 0] == ex.ids[:, 0]) >= 0.97, subset
+            check_exact(ex, f16(data.gallery[:total]), np.arange(1, total + 1), probes[:3], lay, "l2", 10)
+    finally:
+        ix.close()

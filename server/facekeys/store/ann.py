@@ -99,6 +99,8 @@ LISTED_PART_MIN = 1024  # listed (gathered) rows per scan thread: scattered read
 SHARD_MIN = 65_536  # segments with at least this many rows per thread are split into ann_threads shards
 SMALL_BATCH = 32  # probes up to this many are scanned with faiss' SIMD dot instead of BLAS
 FLAT_CANDIDATES = 256  # flat backend: default candidates per segment (see default_candidates)
+RETRAIN_GROWTH = 2  # pq: retrain (and re-encode) once the store is this many times the keys the codebooks were
+#                     trained on, while that was below ann_train_sample (the first training starts at ann_train_min)
 
 
 def f16_bits_as_f32(src: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -701,7 +703,7 @@ class AnnLayerIndex(FilterColumns):
                         self._wake.wait(timeout=max(0.05, self.config.ann_merge_idle_s / 2))
 
     def pending(self, force: bool = False) -> str:
-        """What the background worker would do next: '', 'train', 'merge', 'compact' or 'snapshot'.
+        """What the background worker would do next: '', 'train', 'merge', 'compact', 'retrain' or 'snapshot'.
         force: merge any buffer now and snapshot whenever dirty (sync, close)."""
         n = self._store.rows
         idle = force or time.monotonic() - self._last_add >= self.config.ann_merge_idle_s
@@ -716,18 +718,23 @@ class AnnLayerIndex(FilterColumns):
                 return "merge"
             if len(self._segments) > self.config.ann_max_segments:
                 return "compact"
+            if (self.backend == "pq" and self._trained_n < self.config.ann_train_sample
+                    and self._count >= RETRAIN_GROWTH * self._trained_n):
+                return "retrain"
         if self.path is not None and self._dirty and idle and (
                 force or time.monotonic() - self._last_snapshot >= self.config.snapshot_interval_s):
             return "snapshot"
         return ""
 
     def work_once(self, force: bool = False) -> str:
-        """Do one pending step (train, merge, compact or snapshot); returns it ('' = nothing to do)."""
+        """Do one pending step (train, merge, compact, retrain or snapshot); returns it ('' = nothing to do)."""
         with self._work_lock:
             job = self.pending(force)
             if job == "train":
                 self._train()
                 self._merge()
+            elif job == "retrain":
+                self._retrain()
             elif job == "merge":
                 self._merge()
             elif job == "compact":
@@ -751,7 +758,28 @@ class AnnLayerIndex(FilterColumns):
             raise RuntimeError("the ANN background worker failed") from self._error
 
     def _train(self) -> None:
-        """Per-layer mean and 4-bit PQ from a sample of the alive keys (outside any lock)."""
+        """First training: the codebooks are published (outside any lock while training)."""
+        books, trained_n = self._train_books()
+        with self._lock.write():
+            self._codebooks = books
+            self._trained_n = trained_n
+
+    def _retrain(self) -> None:
+        """The store has grown RETRAIN_GROWTH-fold since the codebooks were trained on all of it (a sample below
+        ann_train_sample): train on a fresh sample, re-encode every covered row into one segment, and publish
+        codebooks and segment together (a segment's codes only mean something with its own means)."""
+        covered = self._covered
+        books, trained_n = self._train_books()
+        rows = np.arange(covered)
+        seg = self._build_segment(rows[self._alive[:covered]], books)
+        with self._lock.write():
+            self._codebooks, self._trained_n = books, trained_n
+            self._segments = (seg,)
+            self._dirty = True
+
+    def _train_books(self) -> tuple[Codebooks, int]:
+        """Per-layer mean and 4-bit PQ from a sample of the alive keys (outside any lock); (codebooks, alive keys
+        when trained)."""
         t0 = time.perf_counter()
         n = self._store.rows
         alive = np.flatnonzero(self._alive[:n])
@@ -776,11 +804,9 @@ class AnnLayerIndex(FilterColumns):
 
         out = _map_layers(train, self._build_workers)
         books = Codebooks(np.stack([o[0] for o in out]), {m: np.stack([o[1][m] for o in out]) for m in ms})
-        with self._lock.write():
-            self._codebooks = books
-            self._trained_n = len(alive)
         log.info("ANN: trained %d layers (PQ %sx4) on %d of %d keys in %.1fs", N_LAYERS, "/".join(map(str, ms)),
                  len(sample), len(alive), time.perf_counter() - t0)
+        return books, len(alive)
 
     def _build_flat(self, rows: np.ndarray) -> Segment:
         """Flat backend: one flat index over the rows' float16 values of every layer and their norm columns,
@@ -800,12 +826,13 @@ class AnnLayerIndex(FilterColumns):
             flat.add(xb)
         return Segment(rows, {}, flat)
 
-    def _build_segment(self, rows: np.ndarray) -> Segment:
-        """Encode each layer once, then assemble every group index from the concatenated codes; large
-        segments are split into `ann_threads` shards so that one search uses every core."""
+    def _build_segment(self, rows: np.ndarray, books: Optional[Codebooks] = None) -> Segment:
+        """Encode each layer once (with `books`, default the published codebooks), then assemble every group
+        index from the concatenated codes; large segments are split into `ann_threads` shards so that one
+        search uses every core."""
         if self.backend != "pq":
             return self._build_flat(rows)
-        books = self._codebooks
+        books = books or self._codebooks
         ms = sorted(books.centroids)
         codes = {m: [None] * N_LAYERS for m in ms}  # m -> per layer (rows, m/2) uint8
 
