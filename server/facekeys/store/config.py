@@ -62,7 +62,8 @@ class StoreConfig:
     #                          by ann_rerank_bytes (flat: 256)
     ann_rerank_bytes: int = 32 << 20  # float16 bytes the exact re-rank of one probe may read (caps the default)
     ann_max_candidates: int = 16_384  # per-request limit on candidates
-    ann_train_sample: int = 65_536  # keys sampled to train the per-layer means and PQs
+    ann_train_sample: int = 65_536  # keys sampled to train the per-layer means and PQs; the PQ is trained again
+    #                                 each time the store doubles until a training saw this many
     ann_train_min: int = 8192  # keys before the first training; fewer are served by the exact buffer alone
     ann_merge_rows: int = 16_384  # buffered (exact-scanned) keys that trigger a background merge
     ann_merge_idle_s: float = 2.0  # ... or this long without enrolments, whatever the buffer size
