@@ -18,7 +18,7 @@ from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
 from facekeys.records import MatchQuery, NewKey
 from facekeys.store import StoreConfig
-from facekeys.store.ann import default_candidates, resolve_backend
+from facekeys.store.ann import default_candidates
 from facekeys.v1 import keystore_pb2 as pb
 from facekeys.v1 import keystore_pb2_grpc as pb_grpc
 
@@ -111,8 +111,7 @@ def test_stats_report_mode_and_ann_defaults(ann_server, server_factory):
     with Client(srv.address) as c:
         s = c.stats()
     assert s.index_mode == "ann" and s.ann_max_candidates == MAX_C and s.ann_layers == (0, 1, 2, 3)
-    backend = resolve_backend(StoreConfig(**CFG))  # "pq" here; "flat-gpu" where FAISS sees a GPU
-    assert s.ann_backend == backend and (s.gpu_index_bytes > 0) == (backend == "flat-gpu")
+    assert (s.ann_backend, s.gpu_index_bytes) == ("pq", 0)  # CFG pins the PQ backend
     expected = default_candidates(N, 4, 1 + StoreConfig().rerank_extra, StoreConfig(**CFG))
     assert dict(s.ann_candidates_by_encoder) == {"enc": expected} and 0 < expected < N
     # an exact store: mode, the limit (checked there too), and no ann candidates
@@ -172,5 +171,5 @@ def test_cli_flags(ann_server, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("facekeys: error: ") and "ann_candidates" in lines[0], p.stderr
     stats = json.loads(cli("stats", "--server", srv.address).stdout)
     assert stats["index_mode"] == "ann" and stats["ann_max_candidates"] == MAX_C and stats["ann_layers"] == "1-4"
-    assert stats["ann_backend"] == resolve_backend(StoreConfig(**CFG))
+    assert stats["ann_backend"] == "pq"
     assert stats["ann_candidates_by_encoder"]["enc"] > 0

@@ -37,6 +37,19 @@ def f64_oracle(q: np.ndarray, layers, rows) -> np.ndarray:
     return sum(q[:, l, :].astype(np.float64) @ x[rows].astype(np.float64).T for l, x in enumerate(layers))
 
 
+def selection_outputs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """pos/vals arrays for a C selection call, filled with sentinels (-7, 9.5) that must survive past its count."""
+    return np.full(k, -7, np.int64), np.full(k, 9.5, np.float32)
+
+
+def assert_selected(got: int, pos, vals, cost, want) -> None:
+    """The call selected exactly `want` (oracle order) with their costs, and left the rest untouched."""
+    assert got == len(want)
+    np.testing.assert_array_equal(pos[:got], want)
+    np.testing.assert_array_equal(vals[:got], cost[want])
+    assert (pos[got:] == -7).all() and (vals[got:] == 9.5).all()
+
+
 def tolerance(q, layers, rows) -> np.ndarray:
     """float32 accumulation bound: a few ulps of the sum of |products| per output."""
     mag = sum(np.abs(q[:, l, :]).astype(np.float64) @ np.abs(x[rows].astype(np.float64)).T
@@ -352,15 +365,11 @@ def test_c_smallest_equals_sorted_oracle(m, k):
         cost[[1, 4]] = np.nan
         cost[[2, 5]] = np.inf
         cost[6] = -np.inf
-    pos = np.full(k, -7, np.int64)
-    vals = np.full(k, 9.5, np.float32)
+    pos, vals = selection_outputs(k)
     got = ann._f16dot.smallest(cost, pos, vals)
     ok = np.flatnonzero(cost < np.inf)  # finite or -inf
     want = ok[np.lexsort((ok, cost[ok]))][:k]  # by value, ties by position
-    assert got == len(want)
-    np.testing.assert_array_equal(pos[:got], want)
-    np.testing.assert_array_equal(vals[:got], cost[want])
-    assert (pos[got:] == -7).all() and (vals[got:] == 9.5).all()
+    assert_selected(got, pos, vals, cost, want)
 
 
 @needs_c
@@ -423,17 +432,13 @@ def test_c_top_equals_scan_then_sorted_selection(kernel, metric, dtype, n_layers
     cost = scan_costs(q, layers, norms, metric, kernel)
     mask = rng.random(n) < 0.6
     for start, stop, m in [(0, n, None), (0, n, mask), (n // 3, n - 1, None), (n // 3, n - 1, mask), (5, 5, None)]:
-        pos = np.full(k, -7, np.int64)
-        vals = np.full(k, 9.5, np.float32)
+        pos, vals = selection_outputs(k)
         got = ann._f16dot.top(q, layers, norms, metric, pos, vals, start, stop, m, kernel=kernel)
         rows = np.arange(start, stop)
         if m is not None:
             rows = rows[m[start:stop]]
         want = rows[np.lexsort((rows, cost[rows]))][:k]  # by cost, ties by row
-        assert got == len(want)
-        np.testing.assert_array_equal(pos[:got], want)
-        np.testing.assert_array_equal(vals[:got], cost[want])
-        assert (pos[got:] == -7).all() and (vals[got:] == 9.5).all()
+        assert_selected(got, pos, vals, cost, want)
 
 
 @needs_c

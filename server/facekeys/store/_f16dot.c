@@ -407,6 +407,13 @@ static void release_all(Py_buffer *b, Py_ssize_t n) {
     PyMem_Free(b);
 }
 
+/* A per-layer argument's cleanup: its n buffers, their data-pointer array and the sequence they came from. */
+static void release_layers(Py_buffer *b, Py_ssize_t n, const void *ptrs, PyObject *seq) {
+    release_all(b, n);
+    PyMem_Free((void *)ptrs);
+    Py_XDECREF(seq);
+}
+
 static int fmt_is(const Py_buffer *v, char c) {
     const char *f = v->format ? v->format : "B";
     if (*f == '<' || *f == '=' || *f == '@') f++;
@@ -644,12 +651,8 @@ static PyObject *py_dot(PyObject *self, PyObject *args, PyObject *kw) {
     }
     ret = Py_NewRef(Py_None);
 done:
-    release_all(xb, got);
-    PyMem_Free((void *)xp);
-    Py_XDECREF(seq);
-    release_all(nb, ngot);
-    PyMem_Free((void *)np_);
-    Py_XDECREF(nseq);
+    release_layers(xb, got, xp, seq);
+    release_layers(nb, ngot, np_, nseq);
     if (have_rows) PyBuffer_Release(&rowsb);
     if (qb.obj) PyBuffer_Release(&qb);
     if (outb.obj) PyBuffer_Release(&outb);
@@ -701,10 +704,8 @@ static PyObject *py_exact(PyObject *self, PyObject *args, PyObject *kw) {
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
-    release_all(xb, got);
-    PyMem_Free((void *)xp);
+    release_layers(xb, got, xp, seq);
     PyMem_Free(buf);
-    Py_XDECREF(seq);
     if (have_rows) PyBuffer_Release(&rowsb);
     if (qb.obj) PyBuffer_Release(&qb);
     if (outb.obj) PyBuffer_Release(&outb);
@@ -884,12 +885,8 @@ static PyObject *py_top(PyObject *self, PyObject *args, PyObject *kw) {
     Py_END_ALLOW_THREADS
     ret = PyLong_FromLongLong(t.n);
 done:
-    release_all(xb, got);
-    PyMem_Free((void *)xp);
-    Py_XDECREF(seq);
-    release_all(nb, ngot);
-    PyMem_Free((void *)np_);
-    Py_XDECREF(nseq);
+    release_layers(xb, got, xp, seq);
+    release_layers(nb, ngot, np_, nseq);
     if (mb.obj) PyBuffer_Release(&mb);
     if (vb.obj) PyBuffer_Release(&vb);
     if (pb.obj) PyBuffer_Release(&pb);
@@ -991,13 +988,11 @@ static PyObject *py_rank(PyObject *self, PyObject *args, PyObject *kw) {
     Py_END_ALLOW_THREADS
     ret = PyLong_FromLongLong(n);
 done:
-    release_all(xb, got);
-    PyMem_Free((void *)xp);
+    release_layers(xb, got, xp, seq);
     PyMem_Free(buf);
     PyMem_Free(cv);
     PyMem_Free(cp);
     PyMem_Free(sc);
-    Py_XDECREF(seq);
     Py_buffer *views[] = {&qb, &pb, &vb, &ib, &oib, &osb};
     for (int i = 0; i < 6; i++)
         if (views[i]->obj) PyBuffer_Release(views[i]);

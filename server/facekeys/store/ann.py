@@ -77,7 +77,7 @@ from .config import StoreConfig, parse_group
 from .flat import BUILD_ROWS, D_FLAT, FlatCandidates, flat_probe, gpu_count, norm_columns
 from .rwlock import RWLock
 from .vectors import (FilterColumns, KeyAttrs, SearchResult, _Codes, _costs, _one_omp_thread, exact_scores,
-                      require_cosine_defined, select_layers, single_threaded_blas, smallest_k)
+                      require_cosine_defined, select_layers, single_threaded_blas, smallest_k, write_ranked)
 
 try:  # optional C kernel (setup.py builds it when it can); never compiled at import
     from . import _f16dot
@@ -676,11 +676,7 @@ class AnnLayerIndex(FilterColumns):
             if len(rows) == 0:
                 continue
             s = exact_scores(q_all[i], [self._store.layer(layer) for layer in lay], rows, metric)
-            key_ids = self._ids[rows]
-            primary = -s if metric == "cosine" else s
-            order = np.lexsort((key_ids, primary))[:kout]
-            ids[i, : len(order)] = key_ids[order]
-            scores[i, : len(order)] = s[order]
+            write_ranked(ids[i], scores[i], self._ids[rows], s, metric)
         return SearchResult(ids, scores, searched)
 
     # -- background training and merging -----------------------------------------------------------

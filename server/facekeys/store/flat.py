@@ -44,7 +44,7 @@ from facekeys.dims import DIM, N_LAYERS
 NORM_PARTS = 3  # float16 columns per layer norm: hi, mid, lo
 NORM_SCALE = 2.0**-8  # norm columns hold ||x_l||^2 * 2**-8: norms up to 65504 * 2**8 (|x_l| <= ~4096) fit float16
 D_FLAT = N_LAYERS * DIM + N_LAYERS * NORM_PARTS  # 9,270 columns per key
-F16_MAX = 65504.0
+F16_MAX = float(np.finfo(np.float16).max)  # 65504
 TAU = 0.9  # cosine candidates: the typical top cosine the linearisation is made at (see above)
 GPU_MAX_K = 2048  # FAISS GPU k-selection limit
 BUILD_ROWS = 8192  # rows converted to float32 and added at once (8192 * 9270 * 4 B = 304 MB)

@@ -27,7 +27,7 @@ from facekeys.records import (
     better, check_id, check_latents,
 )
 from .ann import AnnFactory, AnnLayerIndex, resolve_backend
-from .vectors import FlatLayerIndex, KeyAttrs, SearchResult, VectorIndex, exact_scores
+from .vectors import FlatLayerIndex, KeyAttrs, SearchResult, VectorIndex, exact_scores, write_ranked
 
 log = logging.getLogger("facekeys.store")
 
@@ -235,9 +235,7 @@ class KeyStore:
             x = np.stack([latents[int(j)] for j in key_ids])  # (m, |S|, 512)
             views = [np.ascontiguousarray(x[:, j, :]) for j in range(x.shape[1])]
             s = exact_scores(q_all[i], views, np.arange(len(key_ids)), metric)
-            order = np.lexsort((key_ids, -s if metric == "cosine" else s))[:kout]
-            ids[i, : len(order)] = key_ids[order]
-            scores[i, : len(order)] = s[order]
+            write_ranked(ids[i], scores[i], key_ids, s, metric)
         return SearchResult(ids, scores, found.searched)
 
     # -- get / delete / list / stats ---------------------------------------------------------------

@@ -444,12 +444,16 @@ class FlatLayerIndex(FilterColumns):
         for i in range(nq):
             rows = cand[i][cand[i] >= 0]  # distinct: every block contributes its own rows
             s = exact_scores(q_all[i], views, rows, metric)
-            key_ids = self._ids[rows]
-            primary = -s if metric == "cosine" else s
-            order = np.lexsort((key_ids, primary))[:kout]  # best first, ties by key id
-            ids[i, : len(order)] = key_ids[order]
-            scores[i, : len(order)] = s[order]
+            write_ranked(ids[i], scores[i], self._ids[rows], s, metric)
         return SearchResult(ids, scores, searched)
+
+
+def write_ranked(ids: np.ndarray, scores: np.ndarray, key_ids: np.ndarray, s: np.ndarray, metric: str) -> None:
+    """One probe's output row (ids, scores: (k,)) <- the k best of the scored keys, best first, ties by key id
+    (the order every index and Match return)."""
+    order = np.lexsort((key_ids, -s if metric == "cosine" else s))[: len(ids)]
+    ids[: len(order)] = key_ids[order]
+    scores[: len(order)] = s[order]
 
 
 def _costs(ip: np.ndarray, norm2: Sequence[np.ndarray], rows, metric: str) -> np.ndarray:
