@@ -194,8 +194,10 @@ def run_index(args, lines):
         shards = len(next(iter(ix._segments[0].groups.values())))
         index_line = (f"- index: backend pq, {len(ix._segments)} segment(s) x {shards} shard(s); per layer mean + "
                       f"PQ{cfg.ann_pq_m}x4 ({cfg.ann_pq_m // 2} B/key/layer; a group marked /m uses m per layer), PQ "
-                      f"fast-scan indexes for the single layers and the groups {', '.join(cfg.ann_groups)}; candidates "
-                      f"{cfg.ann_candidates or 'auto (256*sqrt(N/10k), x4/|S| below 4 layers, capped by 32 MiB of re-rank reads)'}")
+                      f"fast-scan indexes for the single layers and the groups {', '.join(cfg.ann_groups)}; refine codes "
+                      f"{f'PQ{cfg.ann_refine_m}x4 per layer ({cfg.ann_refine_m // 2} B/key/layer), used from 4 layers' if cfg.ann_refine_m else 'none'}; "
+                      f"candidates per shard {cfg.ann_candidates or 'auto (256*sqrt(N/10k); refined subsets x2 x max(1, |S|/6), others x max(1, 4/|S|) capped by 32 MiB of re-rank reads)'}; "
+                      f"kept after the refine {cfg.ann_refine or 'auto (256*sqrt(N/100k)*4/|S|, at least 256)'}")
     else:
         index_line = (f"- index: backend {ix.backend}, {len(ix._segments)} segment(s), each one flat float16 index of "
                       f"all 18 layers + norm columns (store/flat.py), {ix.device_bytes / n:,.0f} B/key on the GPU; "

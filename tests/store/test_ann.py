@@ -12,7 +12,8 @@ from facekeys.bench.synthetic import SyntheticConfig, make_workload
 from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
 from facekeys.store import Filter, MatchQuery, StoreConfig
-from facekeys.store.ann import AnnLayerIndex, f16_bits_as_f32
+from facekeys.store import ann as ann_mod
+from facekeys.store.ann import AnnLayerIndex, f16_bits_as_f32, refine_scores, refine_tables
 
 from fkhelpers import assert_topk_matches_oracle, attrs, check_exact, enrol, f16, oracle, random_keys
 
@@ -206,7 +207,8 @@ def test_bad_settings_fail_fast(trained):
     for cfg in (dict(index_mode="hnsw"), dict(vector_dtype="int8"), dict(ann_pq_m=48),
                 dict(ann_groups=("all",)), dict(ann_groups=("high:1",)), dict(ann_candidates=-1),
                 dict(ann_train_min=10), dict(ann_groups=("high:8/48",)), dict(ann_groups=("all/32",)),
-                dict(ann_groups=("high:16/64",)), dict(ann_groups=("high:4/x",)), dict(ann_groups=("0-3/32",))):
+                dict(ann_groups=("high:16/64",)), dict(ann_groups=("high:4/x",)), dict(ann_groups=("0-3/32",)),
+                dict(ann_refine_m=48), dict(ann_refine_m=-1), dict(ann_refine=-1), dict(ann_refine=10**6)):
         with pytest.raises(InvalidArgument):
             StoreConfig(**cfg)
     with pytest.raises(InvalidArgument):
@@ -335,3 +337,79 @@ def test_codebooks_are_retrained_as_the_store_grows():
             check_exact(ex, f16(data.gallery[:total]), np.arange(1, total + 1), probes[:3], lay, "l2", 10)
     finally:
         ix.close()
+
+
+@pytest.mark.parametrize("m", [16, 32, 64, 128])
+def test_refine_scores_equal_the_pq_oracle(m, monkeypatch):
+    """The refine step's 4-bit PQ table sums (C: AVX-512 blocks of 16 rows + scalar tail, portable C, and the
+    numpy fallback) equal the inner products of the centred probe with FAISS' decoded codes."""
+    import faiss
+
+    rng = np.random.default_rng(m)
+    layers = np.array([0, 6, 17], np.int64)
+    x = rng.standard_normal((3, 2000, 512)).astype(np.float32)  # (L, n, 512) centred keys
+    centroids = np.zeros((18, m, 16, 512 // m), np.float32)
+    codes = rng.integers(0, 256, (2000, 18 * m // 2), dtype=np.uint8)  # other layers: noise, never read
+    decoded = []
+    for j, layer in enumerate(layers):
+        pq = faiss.ProductQuantizer(512, m, 4)
+        pq.train(x[j])
+        centroids[layer] = faiss.vector_to_array(pq.centroids).reshape(m, 16, 512 // m)
+        c = pq.compute_codes(x[j])
+        codes[:, layer * m // 2 : (layer + 1) * m // 2] = c
+        decoded.append(pq.decode(c))
+    q = rng.standard_normal((1, 3, 512)).astype(np.float32)
+    table = refine_tables(q, centroids[layers])[0]  # (3, m, 16)
+    rows = np.concatenate([rng.integers(0, 2000, 40), [5, 5, 1999]]).astype(np.int64)  # 43: two blocks + tail
+    want = sum(decoded[j][rows] @ q[0, j] for j in range(3))
+    got = {"default": refine_scores(codes, rows, layers, table)}
+    if ann_mod._f16dot is not None:
+        for kernel in ann_mod._f16dot.kernels():
+            out = np.empty(len(rows), np.float32)
+            ann_mod._f16dot.pq4(out, codes, rows, layers, table, kernel=kernel)
+            got[kernel] = out
+    monkeypatch.setattr(ann_mod, "_f16dot", None)
+    got["numpy"] = refine_scores(codes, rows, layers, table)
+    for name, out in got.items():
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3 * np.abs(want).max(), err_msg=name)
+
+
+@pytest.mark.skipif(ann_mod._f16dot is None, reason="the C kernel is not built")
+def test_refine_kernel_rejects_bad_arguments():
+    pq4 = ann_mod._f16dot.pq4
+    codes = np.zeros((10, 18 * 64), np.uint8)
+    table = np.zeros((2, 128, 16), np.float32)
+    out = np.empty(3, np.float32)
+    layers = np.array([0, 17], np.int64)
+    with pytest.raises(IndexError, match="out of range"):
+        pq4(out, codes, np.array([0, 1, 10]), layers, table)
+    with pytest.raises(IndexError, match="beyond the row width"):
+        pq4(out, codes, np.array([0, 1, 2]), np.array([0, 18], np.int64), table)
+    with pytest.raises(TypeError, match="lut"):
+        pq4(out, codes, np.array([0, 1, 2]), layers, table[:, :, :8].copy())
+    with pytest.raises(TypeError, match="one per table"):
+        pq4(out, codes, np.array([0, 1, 2]), layers[:1], table)
+    with pytest.raises(TypeError, match="out"):
+        pq4(np.empty(2, np.float32), codes, np.array([0, 1, 2]), layers, table)
+
+
+def test_refine_step_keeps_the_best_candidates(trained):
+    """The segments carry every layer's 128-wide refine codes, and the refine step ranks the fast-scan candidates
+    well enough that keeping 64 of 2,048 for the exact re-rank still finds the exact top-1. Measured here (100
+    genuine probes, cosine): high:1 0.99, high:4 and all 1.0; with random refine scores 0.01 / 0.0 / 0.0."""
+    import dataclasses
+
+    ix, data, ids = trained
+    seg = ix._segments[0]
+    assert seg.refine.shape == (len(ids), 18 * 64) and seg.refine.dtype == np.uint8
+    probes = data.probes[:100]
+    cfg = ix.config
+    try:
+        ix.config = dataclasses.replace(cfg, ann_refine=64)
+        for subset, floor in (("high:1", 0.97), ("high:4", 0.99), ("all", 0.99)):
+            layers = parse_layers(subset)
+            got = ix.search(probes, layers, "cosine", 1, Filter(), candidates=2048)
+            ex = ix.search(probes, layers, "cosine", 1, Filter(), exact=True)
+            assert np.mean(got.ids[:, 0] == ex.ids[:, 0]) >= floor, subset
+    finally:
+        ix.config = cfg

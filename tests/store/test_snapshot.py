@@ -206,3 +206,29 @@ def test_killed_mid_write_leaves_old_snapshot_usable(tmp_path):
                             background=False)
     assert len(ix) == 1200 and ix.trained and ix.buffered == 0
     ix.close(snapshot=False)
+
+
+def test_refine_codes_round_trip_and_another_width_is_refused(built):
+    """The segments' refine codes come back from the snapshot as written; an index configured with another
+    refine width refuses the snapshot (the KeyStore then rebuilds instead of searching with the wrong codes)."""
+    path, gallery, ids, before = built
+    (idx_dir,) = index_dirs(path)
+    cfg = StoreConfig(**ANN)
+    with KeyStore.open(path, cfg) as store:
+        ix = store._indexes["enc"]
+        seg = ix._segments[0]
+        assert seg.refine is not None and seg.refine.shape == (1500, 18 * 64)
+        written = seg.refine.copy()
+    loaded = AnnLayerIndex.load(cfg, idx_dir, background=False)
+    try:
+        assert np.array_equal(loaded._segments[0].refine, written)
+    finally:
+        loaded.close(snapshot=False)
+    with pytest.raises(snapshot.SnapshotError, match="other index settings"):
+        AnnLayerIndex.load(StoreConfig(**ANN, ann_refine_m=64), idx_dir, background=False)
+    with pytest.raises(snapshot.SnapshotError, match="other index settings"):
+        AnnLayerIndex.load(StoreConfig(**ANN, ann_refine_m=0), idx_dir, background=False)
+    with KeyStore.open(path, StoreConfig(**ANN, ann_refine_m=0)) as store:  # rebuilt without refine codes
+        store._indexes["enc"].sync()
+        assert store._indexes["enc"]._segments[0].refine is None
+        assert top1(store, gallery[:4]) == before

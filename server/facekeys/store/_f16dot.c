@@ -999,6 +999,134 @@ done:
     return ret;
 }
 
+/* -- 4-bit PQ scores of listed rows (the ann refine step) ----------------------------------------------------- */
+/* out[i] = sum over j < L of sum over s < m of lut[j, s, code s of layer layers[j] of row rows[i]], where a row of
+ * codes holds every layer's m/2 bytes side by side and code s sits in the low (s even) or high (s odd) nibble of
+ * byte s/2 (FAISS' 4-bit PQ packing). Rows outer, layers inner: the L tables (8 KB each at m = 128) stay in L2. */
+#define PQ_AHEAD 8
+static void pq4_rows(float *out, const uint8_t *codes, int64_t width, const int64_t *rows, int64_t c,
+                     const int64_t *layers, int64_t L, int64_t m, const float *lut) {
+    const int64_t half = m / 2;
+    for (int64_t i = 0; i < c; i++) {
+        const uint8_t *row = codes + rows[i] * width;
+        if (i + PQ_AHEAD < c) /* scattered rows: fetch ahead (memory latency, not the lookups, bounds large stores) */
+            for (int64_t j = 0; j < L; j++) __builtin_prefetch(codes + rows[i + PQ_AHEAD] * width + layers[j] * half);
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+        for (int64_t j = 0; j < L; j++) {
+            const uint8_t *p = row + layers[j] * half;
+            const float *t = lut + j * m * 16;
+            for (int64_t b = 0; b + 1 < half; b += 2) {
+                s0 += t[(2 * b) * 16 + (p[b] & 15)];
+                s1 += t[(2 * b + 1) * 16 + (p[b] >> 4)];
+                s2 += t[(2 * b + 2) * 16 + (p[b + 1] & 15)];
+                s3 += t[(2 * b + 3) * 16 + (p[b + 1] >> 4)];
+            }
+            if (half & 1) {
+                int64_t b = half - 1;
+                s0 += t[(2 * b) * 16 + (p[b] & 15)] + t[(2 * b + 1) * 16 + (p[b] >> 4)];
+            }
+        }
+        out[i] = (s0 + s1) + (s2 + s3);
+    }
+}
+
+#ifdef FK_X86
+/* pq4_rows, 16 rows at a time (AVX-512F): each gather fetches 4 code bytes (8 codes) of one layer for 16 rows
+ * (64-bit offsets: stores beyond 2 GB of codes), and each code's 16-entry float table is one register, looked
+ * up for the 16 rows by one permute (vpermps reads the index's low 4 bits: the nibble needs no mask). Rows c -
+ * c % 16 .. c - 1 go to the scalar loop. Needs m % 8 == 0. */
+static T_AVX512 void pq4_rows_avx512(float *out, const uint8_t *codes, int64_t width, const int64_t *rows, int64_t c,
+                                     const int64_t *layers, int64_t L, int64_t m, const float *lut) {
+    const int64_t half = m / 2;
+    int64_t i = 0;
+    for (; i + 16 <= c; i += 16) {
+        int64_t off[16];
+        for (int k = 0; k < 16; k++) off[k] = rows[i + k] * width;
+        if (i + 16 + PQ_AHEAD < c) /* scattered rows: fetch ahead */
+            for (int64_t k = i + 16; k < i + 16 + PQ_AHEAD; k++)
+                for (int64_t j = 0; j < L; j++) __builtin_prefetch(codes + rows[k] * width + layers[j] * half);
+        __m512i lo = _mm512_loadu_si512((const void *)off), hi = _mm512_loadu_si512((const void *)(off + 8));
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        for (int64_t j = 0; j < L; j++) {
+            const uint8_t *base = codes + layers[j] * half;
+            const float *t = lut + j * m * 16;
+            for (int64_t b = 0; b < half; b += 4, t += 8 * 16) {
+                __m256i g0 = _mm512_i64gather_epi32(lo, (const void *)(base + b), 1);
+                __m256i g1 = _mm512_i64gather_epi32(hi, (const void *)(base + b), 1);
+                __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1); /* 8 codes of 16 rows */
+                a0 = _mm512_add_ps(a0, _mm512_permutexvar_ps(v, _mm512_loadu_ps(t)));
+                a1 = _mm512_add_ps(a1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), _mm512_loadu_ps(t + 16)));
+                a2 = _mm512_add_ps(a2, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8), _mm512_loadu_ps(t + 32)));
+                a3 = _mm512_add_ps(a3, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 12), _mm512_loadu_ps(t + 48)));
+                a0 = _mm512_add_ps(a0, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 16), _mm512_loadu_ps(t + 64)));
+                a1 = _mm512_add_ps(a1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 20), _mm512_loadu_ps(t + 80)));
+                a2 = _mm512_add_ps(a2, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 24), _mm512_loadu_ps(t + 96)));
+                a3 = _mm512_add_ps(a3, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 28), _mm512_loadu_ps(t + 112)));
+            }
+        }
+        _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    }
+    if (i < c) pq4_rows(out + i, codes, width, rows + i, c - i, layers, L, m, lut);
+}
+#endif
+
+static PyObject *py_pq4(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"out", "codes", "rows", "layers", "lut", "kernel", NULL};
+    PyObject *out_o, *codes_o, *rows_o, *layers_o, *lut_o;
+    const char *kname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|z:pq4", kwlist, &out_o, &codes_o, &rows_o, &layers_o, &lut_o,
+                                     &kname))
+        return NULL;
+    const kernel_t *kern = find_kernel(kname);
+    if (!kern) return NULL;
+    Py_buffer ob = {0}, cb = {0}, rb = {0}, lb = {0}, tb = {0};
+    PyObject *ret = NULL;
+    if (get_buf(codes_o, &cb, 0, "codes") < 0) return NULL;
+    if (!fmt_is(&cb, 'B') || cb.ndim != 2) { PyErr_SetString(PyExc_TypeError, "codes must be uint8 (n, width)"); goto done; }
+    if (get_rows(rows_o, &rb, cb.shape[0]) < 0) goto done;
+    if (get_buf(out_o, &ob, 1, "out") < 0 || get_buf(layers_o, &lb, 0, "layers") < 0 || get_buf(lut_o, &tb, 0, "lut") < 0)
+        goto done;
+    if (!fmt_is(&ob, 'f') || ob.ndim != 1 || ob.shape[0] != rb.shape[0]) {
+        PyErr_SetString(PyExc_TypeError, "out must be float32 with one value per row");
+        goto done;
+    }
+    if (!fmt_is(&tb, 'f') || tb.ndim != 3 || tb.shape[2] != 16 || tb.shape[1] < 2 || tb.shape[1] % 2) {
+        PyErr_SetString(PyExc_TypeError, "lut must be float32 (L, m, 16) with m even");
+        goto done;
+    }
+    if (!is_i64_vec(&lb) || lb.shape[0] != tb.shape[0]) {
+        PyErr_SetString(PyExc_TypeError, "layers must be a 1-D int64 array, one per table in lut");
+        goto done;
+    }
+    int64_t m = tb.shape[1], width = cb.shape[1];
+    const int64_t *lay = (const int64_t *)lb.buf;
+    for (Py_ssize_t j = 0; j < lb.shape[0]; j++)
+        if (lay[j] < 0 || (lay[j] + 1) * (m / 2) > width) {
+            PyErr_Format(PyExc_IndexError, "layer %lld: its codes are beyond the row width %lld", (long long)lay[j],
+                         (long long)width);
+            goto done;
+        }
+    int simd = m % 8 == 0 && strcmp(kern->name, "avx512") == 0;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef FK_X86
+    if (simd)
+        pq4_rows_avx512((float *)ob.buf, (const uint8_t *)cb.buf, width, (const int64_t *)rb.buf, rb.shape[0], lay,
+                        lb.shape[0], m, (const float *)tb.buf);
+    else
+#endif
+    pq4_rows((float *)ob.buf, (const uint8_t *)cb.buf, width, (const int64_t *)rb.buf, rb.shape[0], lay, lb.shape[0],
+             m, (const float *)tb.buf);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    if (tb.obj) PyBuffer_Release(&tb);
+    if (lb.obj) PyBuffer_Release(&lb);
+    if (ob.obj) PyBuffer_Release(&ob);
+    if (rb.obj) PyBuffer_Release(&rb);
+    PyBuffer_Release(&cb);
+    return ret;
+}
+
 static PyObject *py_kernels(PyObject *self, PyObject *unused) {
     PyObject *t = PyTuple_New(N_KERNELS);
     if (!t) return NULL;
@@ -1030,6 +1158,10 @@ static PyMethodDef methods[] = {
      "rank(q, layers, metric, pos, vals, kk, ids, out_ids, out_scores, kernel=None) -> count: the best kk candidate "
      "rows (pos, -1 = none) by their scan cost vals, re-scored as exact() does, ordered best first (ties by key id "
      "ids[row]); the first len(out_ids) written as key ids and float64 scores; releases the GIL."},
+    {"pq4", (PyCFunction)(void (*)(void))py_pq4, METH_VARARGS | METH_KEYWORDS,
+     "pq4(out, codes, rows, layers, lut, kernel=None): out[i] (float32) = the 4-bit PQ table sum of row rows[i] of "
+     "codes (uint8 (n, width): every layer's m/2 bytes side by side) over the layers listed (int64), lut float32 "
+     "(L, m, 16); releases the GIL."},
     {"kernels", py_kernels, METH_NOARGS, "Kernels this CPU can run, best first."},
     {NULL, NULL, 0, NULL}};
 

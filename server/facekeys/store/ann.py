@@ -15,17 +15,22 @@ Layout (one `AnnLayerIndex` per encoder):
               high:16/32, 9-16/32, low:4, low:2). A group's PQ is its layers' PQs of its m side by side, so its
               codes are the per-layer codes concatenated (each layer is encoded once per m). Built and swapped
               in by a background thread, never mutated after publication (searches need no lock against the
-              builder); large segments are split into `ann_threads` shards searched in parallel.
+              builder); large segments are split into `ann_threads` shards searched in parallel. Each segment
+              also holds the refine codes: every layer's 4-bit PQ at `ann_refine_m` (128) sub-quantisers, 64 B per
+              key and layer (1,152 B per key), in RAM.
     buffer    rows not yet covered by a segment (new keys, or everything before the first training):
               scanned exactly, beside the segments. New keys are searchable the moment `add` returns.
 
 Search over a layer subset S: the groups covering S (fewest code bytes scanned) are searched with the centred
 probe, zero on the group's layers outside S, so each returns the keys with the best approximate
 <q_S - mu_S, x_S - mu_S> over exactly the subset's layers (this is -0.5 L2 up to the key's norm term, and
-ranks cosine well because the norms concentrate). The `candidates` best of every shard, plus the buffer's
-exact best, are scored exactly in float32 from the float16 vectors and the best k + rerank_extra re-scored
-in float64: returned scores are exact values of the metric over the stored vectors; only the candidate set
-is approximate (recall measured in benchmarks/bench_scale.py). Filters admitting few rows (fewer than
+ranks cosine well because the norms concentrate). The refine step scores the `candidates` best of every shard
+again with the finer refine codes over the whole subset (the same centred inner product, 4x the code bits
+per layer of the 32-wide groups; table sums in C, `_f16dot.pq4`, 16 rows per AVX-512 step) and keeps the best
+`refine_keep` of them per probe. Those, plus the buffer's exact best, are scored exactly in float32 from the
+float16 vectors and the best k + rerank_extra re-scored in float64: returned scores are exact values of the
+metric over the stored vectors; only the candidate set is approximate (recall measured in
+benchmarks/bench_scale.py). Filters admitting few rows (fewer than
 `ann_exact_bytes` of float16 to scan) are answered by an exact scan of the admitted rows; broader filters
 (and deletions) fetch proportionally more candidates and drop the excluded ones (flat fast-scan indexes
 take no FAISS ID selector).
@@ -99,6 +104,13 @@ LISTED_PART_MIN = 1024  # listed (gathered) rows per scan thread: scattered read
 SHARD_MIN = 65_536  # segments with at least this many rows per thread are split into ann_threads shards
 SMALL_BATCH = 32  # probes up to this many are scanned with faiss' SIMD dot instead of BLAS
 FLAT_CANDIDATES = 256  # flat backend: default candidates per segment (see default_candidates)
+# The refine step (pq backend; defaults measured at 1M keys, benchmarks/RESULTS.md section 2)
+REFINE_MIN_LAYERS = 4  # subsets of fewer layers skip it: one layer's refine codes ranked the exact top-1 of 1M keys
+#                        beyond 2,048 for 2 % of genuine probes (recall@1 0.98 vs 0.99 with the exact re-rank)
+REFINE_BOOST = 2  # default fast-scan candidates x this (x |S| / 6 beyond 6 layers): the refine, not the re-rank,
+#                   reads them
+REFINE_MIN = 256  # candidates kept for the exact re-rank: 256 x sqrt(N / 100k) x 4 / |S|, at least this
+REFINE_SHARE = 4  # ... and at least this fraction of the candidates a request asks for
 RETRAIN_GROWTH = 2  # pq: retrain (and re-encode) once the store is this many times the keys the codebooks were
 #                     trained on, while that was below ann_train_sample (the first training starts at ann_train_min)
 
@@ -263,13 +275,15 @@ class Segment:
     rows: np.ndarray  # (m,) int64 store rows, FAISS label i -> rows[i]
     groups: dict  # (layers tuple, m) -> ((faiss.IndexPQFastScan over the concatenated centred layers, row offset), ...)
     flat: Optional[FlatCandidates] = None
+    refine: Optional[np.ndarray] = None  # (m, 18 * refine_m / 2) uint8: every layer's refine PQ codes side by side
 
     @property
     def nbytes(self) -> int:
         """Host bytes (a flat index on the GPU counts in device_bytes instead)."""
         host_flat = self.flat.nbytes if self.flat is not None and not self.flat.on_gpu else 0
-        return len(self.rows) * 8 + host_flat + sum(ix.ntotal * ix.code_size for shards in self.groups.values()
-                                                    for ix, _ in shards)
+        refine = self.refine.nbytes if self.refine is not None else 0
+        return len(self.rows) * 8 + host_flat + refine + sum(ix.ntotal * ix.code_size
+                                                             for shards in self.groups.values() for ix, _ in shards)
 
     @property
     def device_bytes(self) -> int:
@@ -293,12 +307,61 @@ def layer_groups(config: StoreConfig) -> tuple[tuple[tuple[int, ...], int], ...]
     return tuple(sorted(groups, key=lambda g: (len(g[0]), g[0], -g[1])))
 
 
+def refine_width(config: StoreConfig) -> int:
+    """Sub-quantisers per layer of the refine codes in use: config.ann_refine_m with the pq backend, else 0."""
+    return config.ann_refine_m if resolve_backend(config) == "pq" else 0
+
+
+def refines(config: StoreConfig, n_layers: int) -> bool:
+    """Whether a search over n_layers goes through the refine step (refine codes configured, >= 4 layers)."""
+    return bool(config.ann_refine_m) and n_layers >= REFINE_MIN_LAYERS
+
+
 def default_candidates(n: int, n_layers: int, kk: int, config: StoreConfig) -> int:
-    """Candidates taken from a group index, sized from the number of keys and capped by the bytes the
-    exact re-rank may read (see config.ann_candidates)."""
-    by_n = int(256 * math.sqrt(max(n, 1) / 10_000) * max(1.0, 4.0 / n_layers))  # few layers: less contrast
-    by_bytes = config.ann_rerank_bytes // (n_layers * DIM * 2)
-    return int(max(kk, min(by_n, by_bytes, config.ann_max_candidates)))
+    """Candidates taken from a group index shard, sized from the number of keys and the subset, and capped by
+    the bytes the step after it reads per probe (see config.ann_candidates): the refine codes (m/2 B per layer)
+    when the search refines, else the float16 vectors of the exact re-rank."""
+    by_n = 256 * math.sqrt(max(n, 1) / 10_000)
+    if refines(config, n_layers):  # more layers: the fast-scan codes rank the subset's best key lower
+        by_n *= REFINE_BOOST * max(1.0, n_layers / 6)
+        per_key = n_layers * config.ann_refine_m // 2
+    else:
+        by_n *= max(1.0, 4.0 / n_layers)  # few layers: less contrast
+        per_key = n_layers * DIM * 2
+    return int(max(kk, min(by_n, config.ann_rerank_bytes // per_key, config.ann_max_candidates)))
+
+
+def refine_keep(n: int, n_layers: int, kk: int, config: StoreConfig, asked: int = 0) -> int:
+    """Candidates per probe the refine step passes to the exact re-rank: config.ann_refine, else sized from the
+    number of keys and the subset (more layers: the refine codes rank better), and at least a quarter of the
+    candidates a request `asked` for; capped by the float16 bytes the re-rank may read."""
+    by_n = int(REFINE_MIN * math.sqrt(max(n, 1) / 100_000) * REFINE_MIN_LAYERS / n_layers)
+    keep = config.ann_refine or max(REFINE_MIN, by_n, asked // REFINE_SHARE)
+    return int(max(kk, min(keep, config.ann_rerank_bytes // (n_layers * DIM * 2))))
+
+
+def refine_tables(q_c: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Inner-product tables of centred probes q_c (Q, L, 512) with the subset's 4-bit PQ centroids (L, m, 16,
+    512/m): (Q, L, m, 16) float32, entry [p, l, s, c] = <sub-vector s of q_c[p, l], centroid c of sub-quantiser s>."""
+    L, m = centroids.shape[:2]
+    q = q_c.reshape(len(q_c), L, m, DIM // m)
+    return np.ascontiguousarray(np.einsum("plsd,lscd->plsc", q, centroids, optimize=True), np.float32)
+
+
+def refine_scores(codes: np.ndarray, local: np.ndarray, layers: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Approximate centred inner products of the rows `local` of a segment's refine codes (rows, 18 * m/2) over
+    `layers` (int64, one per table): the 4-bit PQ table sums (L, m, 16) of one probe, float32."""
+    out = np.empty(len(local), np.float32)
+    if _f16dot is not None:
+        _f16dot.pq4(out, codes, local, layers, table)
+        return out
+    half = table.shape[1] // 2
+    c = codes[local].reshape(len(local), N_LAYERS, half)[:, layers]  # (c, L, m/2) bytes: code 2b low, 2b+1 high
+    sub = np.empty(c.shape[:2] + (2 * half,), np.intp)
+    sub[..., 0::2], sub[..., 1::2] = c & 15, c >> 4
+    L = len(layers)
+    out[:] = table[np.arange(L)[:, None], np.arange(2 * half)[None, :], sub].sum((1, 2))
+    return out
 
 
 class AnnLayerIndex(FilterColumns):
@@ -332,6 +395,7 @@ class AnnLayerIndex(FilterColumns):
         # candidate side (ann)
         self._codebooks: Optional[Codebooks] = None  # per-layer means and PQs, once trained
         self._groups = layer_groups(config)
+        self._refine_m = refine_width(config) if ann else 0  # the refine codes' PQ width (0: none)
         self._trained_n = 0  # keys when the templates were trained
         self._segments: tuple[Segment, ...] = ()
         self._covered = 0  # rows [0, covered) are in segments; the rest is the exact buffer
@@ -617,6 +681,11 @@ class AnnLayerIndex(FilterColumns):
         if self.backend != "pq":
             return self._flat_pools(q_all, lay, metric, kk, c, segments, covered, mask)
         means = self._codebooks.means
+        books = self._codebooks
+        tables = None
+        if self._refine_m and refines(cfg, len(lay)):  # (Q, |S|, m, 16) tables: centred probes x refine PQ
+            tables = refine_tables(q_all - means[lay], books.centroids[self._refine_m][lay])
+            lay64 = np.asarray(lay, np.int64)
         jobs = []
         cover = self.cover(lay)
         for group, part in cover:
@@ -631,18 +700,30 @@ class AnnLayerIndex(FilterColumns):
             jobs += [(seg, shard, qg, cg) for seg in segments for shard in seg.groups[group]]
 
         def one(job):
+            """Per probe: the shard's admitted candidates (store rows) and their refine scores (None without)."""
             seg, (ix, offset), qg, cg = job
             _, I = ix.search(qg, min(cg, ix.ntotal))
-            return np.where(I >= 0, seg.rows[offset + np.maximum(I, 0)], -1)
+            out = []
+            for p, found in enumerate(I):
+                local = offset + found[found >= 0]
+                local = local[mask[seg.rows[local]]]
+                score = refine_scores(seg.refine, local, lay64, tables[p]) if tables is not None else None
+                out.append((seg.rows[local], score))
+            return out
 
-        found = np.concatenate(list(self._pool.map(one, jobs)), 1) if len(jobs) > 1 else one(jobs[0])
+        found = list(self._pool.map(one, jobs)) if len(jobs) > 1 else [one(jobs[0])]
+        keep = refine_keep(covered, len(lay), kk, cfg, candidates)
         pools = []
-        for rows in found:
-            rows = rows[rows >= 0]
-            rows = rows[mask[rows]]
-            # shards and segments hold disjoint rows; only several groups can name a row twice (a sort of the
-            # pool costs ~1 ms at 20k candidates: skipped when one group answers)
-            pools.append(np.unique(rows) if len(cover) > 1 else rows)
+        for p in range(len(q_all)):
+            rows = np.concatenate([f[p][0] for f in found])
+            if len(cover) > 1:  # shards and segments hold disjoint rows; only several groups name a row twice
+                rows, first = np.unique(rows, return_index=True)
+            if tables is not None and len(rows) > keep:  # the refine step: the best `keep` by the finer codes
+                score = np.concatenate([f[p][1] for f in found])
+                if len(cover) > 1:
+                    score = score[first]
+                rows = rows[np.argpartition(-score, keep - 1)[:keep]]
+            pools.append(rows)
         return pools
 
     def _flat_pools(self, q_all, lay, metric, kk, c, segments, covered, mask) -> list[np.ndarray]:
@@ -781,7 +862,7 @@ class AnnLayerIndex(FilterColumns):
         alive = np.flatnonzero(self._alive[:n])
         rng = np.random.default_rng(n)
         sample = np.sort(rng.choice(alive, min(len(alive), self.config.ann_train_sample), replace=False))
-        ms = sorted({m for _, m in self._groups})  # none for the flat backend: the means alone
+        ms = sorted({m for _, m in self._groups} | ({self._refine_m} if self._refine_m else set()))  # none for flat
 
         def train(layer):
             x = self._store.gather_f32(layer, sample)  # (s, 512)
@@ -829,11 +910,13 @@ class AnnLayerIndex(FilterColumns):
         if self.backend != "pq":
             return self._build_flat(rows)
         books = books or self._codebooks
-        ms = sorted(books.centroids)
+        ms = sorted({m for _, m in self._groups})
         codes = {m: [None] * N_LAYERS for m in ms}  # m -> per layer (rows, m/2) uint8
+        rm, half = self._refine_m, self._refine_m // 2
+        refine = np.empty((len(rows), N_LAYERS * half), np.uint8) if rm else None  # (rows, 18 * m/2)
 
         def encode(layer):
-            pqs = {m: books.pq((layer,), m) for m in ms}
+            pqs = {m: books.pq((layer,), m) for m in set(ms) | ({rm} if rm else set())}
             out = {m: np.empty((len(rows), m // 2), np.uint8) for m in ms}
             for s in range(0, len(rows), SCAN_CHUNK):
                 r = rows[s : s + SCAN_CHUNK]
@@ -842,6 +925,9 @@ class AnnLayerIndex(FilterColumns):
                 x -= books.means[layer]
                 for m in ms:
                     out[m][s : s + len(r)] = pqs[m].compute_codes(x)
+                if rm:
+                    refine[s : s + len(r), layer * half : (layer + 1) * half] = (
+                        out[rm][s : s + len(r)] if rm in out else pqs[rm].compute_codes(x))
             for m in ms:
                 codes[m][layer] = out[m]
 
@@ -860,7 +946,7 @@ class AnnLayerIndex(FilterColumns):
                 shards.append((faiss.IndexPQFastScan(flat), int(a)))
                 del flat
             groups[group] = tuple(shards)
-        return Segment(rows, groups)
+        return Segment(rows, groups, refine=refine)
 
     def _merge(self) -> None:
         """Cover the buffer rows [covered, n) with a new segment (built outside the lock, then published)."""
@@ -906,7 +992,7 @@ class AnnLayerIndex(FilterColumns):
                 rows=n, columns=cols, identities=list(self._identities.by_name),
                 cameras=list(self._cameras.by_name), segments=self._segments,
                 codebooks=self._codebooks, covered=self._covered, trained_n=self._trained_n,
-                ann=self.ann, pq_m=self.config.ann_pq_m, groups=self._groups,
+                ann=self.ann, pq_m=self.config.ann_pq_m, groups=self._groups, refine_m=self._refine_m,
             )
             self._dirty = False
         self._store.flush()  # rows < n are on disk before the manifest names them
@@ -920,10 +1006,10 @@ class AnnLayerIndex(FilterColumns):
         from . import snapshot
 
         state = snapshot.read(Path(path) / "snapshots")
-        if state.ann != ann or (ann and (state.pq_m != config.ann_pq_m
+        if state.ann != ann or (ann and (state.pq_m != config.ann_pq_m or state.refine_m != refine_width(config)
                                          or tuple(state.groups) != layer_groups(config))):
-            raise snapshot.SnapshotError("snapshot was written with other index settings (mode, backend, PQ or "
-                                         "groups)")
+            raise snapshot.SnapshotError("snapshot was written with other index settings (mode, backend, PQ, "
+                                         "refine codes or groups)")
         self = cls(config, path, ann=ann, background=False)
         n = state.rows
         files = [self.path / "vectors" / f"layer{l:02d}.f16" for l in range(N_LAYERS)]

@@ -58,8 +58,13 @@ class StoreConfig:
     #                            when FAISS sees one), "flat" (exact float16 inner products of all 18 layers + norm
     #                            columns, store/flat.py: on the GPU when FAISS sees one, else a slow CPU reference),
     #                            "auto" = "flat" when FAISS sees a GPU, else "pq" (CPU stays the default)
-    ann_candidates: int = 0  # candidates per group-index shard (flat: per segment); 0 = 256 * sqrt(N / 10k), capped
-    #                          by ann_rerank_bytes (flat: 256)
+    ann_candidates: int = 0  # candidates per group-index shard (flat: per segment); 0 = sized from N and the subset
+    #                          (default_candidates in store/ann.py; flat: 256)
+    ann_refine_m: int = 128  # pq: 4-bit PQ sub-quantisers per layer of the refine codes (m/2 B per key and layer, in
+    #                          RAM: 64 B at 128, 1.15 KB per key for 18 layers): every fast-scan candidate is scored
+    #                          with them over the whole subset and only the best `ann_refine` are re-ranked exactly
+    #                          from the float16 vectors; 0 = no refine step (the candidates go to the re-rank)
+    ann_refine: int = 0  # candidates per probe kept by the refine step; 0 = sized from N (refine_keep in ann.py)
     ann_rerank_bytes: int = 32 << 20  # float16 bytes the exact re-rank of one probe may read (caps the default)
     ann_max_candidates: int = 16_384  # per-request limit on candidates
     ann_train_sample: int = 65_536  # keys sampled to train the per-layer means and PQs; the PQ is trained again
@@ -81,6 +86,10 @@ class StoreConfig:
             raise InvalidArgument(f"vector_dtype {self.vector_dtype!r} is not one of: float32, float16")
         if self.ann_backend not in ("auto", "pq", "flat"):
             raise InvalidArgument(f"ann_backend {self.ann_backend!r} is not one of: auto, pq, flat")
+        if self.ann_refine_m not in (0,) + PQ_MS:
+            raise InvalidArgument(f"ann_refine_m must be 0 (no refine step) or one of {PQ_MS}, got {self.ann_refine_m}")
+        if not 0 <= self.ann_refine <= self.ann_max_candidates:
+            raise InvalidArgument("ann_refine must be in 0..ann_max_candidates (0 = sized from the number of keys)")
         if self.ann_pq_m not in PQ_MS:
             raise InvalidArgument(f"ann_pq_m must be one of {PQ_MS}, got {self.ann_pq_m}")
         for g in self.ann_groups:

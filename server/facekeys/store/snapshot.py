@@ -7,6 +7,7 @@ A snapshot of one `AnnLayerIndex` lives in `<index dir>/snapshots/`:
     snap-<seq>/columns.npz     ids, alive, norms, filter columns, interned names
     snap-<seq>/codebooks.npz   per-layer means and PQ centroids (one array per sub-quantiser count m)
     snap-<seq>/s<SS>-rows.npy, s<SS>-g<GG>-<H>.faiss    each segment's rows and group-index shards
+    snap-<seq>/s<SS>-refine.npy                         each segment's refine codes (when ann_refine_m is set)
     CURRENT                    the name of the snapshot in force
 
 The float16 vector files are NOT copied: they are append-only (a deleted key's rows are zeroed, never
@@ -45,7 +46,7 @@ from facekeys.errors import FacekeysError
 
 log = logging.getLogger("facekeys.store.snapshot")
 
-FORMAT = 2  # 2: groups carry their PQ width m (codebooks per m)
+FORMAT = 3  # 2: groups carry their PQ width m (codebooks per m); 3: segments carry refine codes (refine_m)
 CONTENT_SAMPLE = 8  # keys whose vectors are compared with LMDB when a snapshot is adopted
 
 
@@ -66,6 +67,7 @@ class IndexState:
     ann: bool
     pq_m: int
     groups: tuple  # ((layers tuple, m), ...): the group indexes of every segment
+    refine_m: int = 0  # the segments' refine codes' PQ width (0: none)
 
 
 def ids_digest(ids: np.ndarray) -> str:
@@ -130,12 +132,15 @@ def write(root: Path, state: IndexState) -> Path:
                 faiss.write_index(ix, str(tmp / name))
                 done(name)
                 shards.append([g, name, offset])
-        segments.append({"rows": len(seg.rows), "shards": shards})
+        if seg.refine is not None:
+            np.save(tmp / f"s{s:02d}-refine.npy", seg.refine)
+            done(f"s{s:02d}-refine.npy")
+        segments.append({"rows": len(seg.rows), "shards": shards, "refine": seg.refine is not None})
     ids = state.columns["ids"][state.columns["alive"]]
     manifest = {
         "format": FORMAT, "created": time.time(), "rows": state.rows, "count": int(len(ids)),
         "digest": ids_digest(ids), "covered": state.covered, "trained_n": state.trained_n,
-        "ann": state.ann, "pq_m": state.pq_m, "codebooks": state.codebooks is not None,
+        "ann": state.ann, "pq_m": state.pq_m, "refine_m": state.refine_m, "codebooks": state.codebooks is not None,
         "groups": [[list(layers), m] for layers, m in state.groups], "segments": segments, "files": files,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -214,14 +219,19 @@ def read(root: Path) -> IndexState:
             for g, shards in by_group.items():
                 if sum(ix.ntotal for ix, _ in shards) != len(rows) or any(ix.d != len(g[0]) * DIM for ix, _ in shards):
                     raise SnapshotError(f"{d.name}: segment {s} disagrees with its rows")
-            segments.append(Segment(rows, {g: tuple(v) for g, v in by_group.items()}))
+            refine = None
+            if info["refine"]:
+                refine = np.load(d / f"s{s:02d}-refine.npy", allow_pickle=False)
+                if refine.shape != (len(rows), N_LAYERS * m["refine_m"] // 2) or refine.dtype != np.uint8:
+                    raise SnapshotError(f"{d.name}: segment {s}'s refine codes disagree with its rows")
+            segments.append(Segment(rows, {g: tuple(v) for g, v in by_group.items()}, refine=refine))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise SnapshotError(f"{d.name}: unreadable ({e})") from None
     ids, alive = cols["ids"], cols["alive"]
     if len(ids) != m["rows"] or int(alive.sum()) != m["count"] or ids_digest(ids[alive]) != m["digest"]:
         raise SnapshotError(f"{d.name}: columns disagree with the manifest")
     return IndexState(m["rows"], cols, identities, cameras, tuple(segments), codebooks, m["covered"],
-                      m["trained_n"], m["ann"], m["pq_m"], tuple(groups))
+                      m["trained_n"], m["ann"], m["pq_m"], tuple(groups), m["refine_m"])
 
 
 # -- LMDB side --------------------------------------------------------------------------------------
