@@ -680,10 +680,10 @@ class AnnLayerIndex(FilterColumns):
             c = int(min(cfg.ann_max_candidates, math.ceil(c / max(frac, 1e-3))))
         if self.backend != "pq":
             return self._flat_pools(q_all, lay, metric, kk, c, segments, covered, mask)
-        means = self._codebooks.means
         books = self._codebooks
+        means = books.means
         tables = None
-        if self._refine_m and refines(cfg, len(lay)):  # (Q, |S|, m, 16) tables: centred probes x refine PQ
+        if refines(cfg, len(lay)):  # (Q, |S|, m, 16) tables: centred probes x refine PQ (pq: _refine_m = ann_refine_m)
             tables = refine_tables(q_all - means[lay], books.centroids[self._refine_m][lay])
             lay64 = np.asarray(lay, np.int64)
         jobs = []
