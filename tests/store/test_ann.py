@@ -245,7 +245,8 @@ def test_merges_and_compaction_keep_answers_exact():
 
 def test_group_specs_and_cover_by_code_bytes():
     """ "layers/m" sets a group's sub-quantisers per layer; a subset is covered at the fewest code bytes per
-    layer answered, ties going to more layers, then to the finer PQ."""
+    layer answered, ties going to more layers, then to the finer PQ; a group coarser than ann_pq_m only answers
+    for COARSE_MIN_LAYERS (5) subset layers or more."""
     from facekeys.store.config import parse_group
 
     assert parse_group("high:16/32", 64) == (tuple(range(16)), 32)
@@ -257,10 +258,18 @@ def test_group_specs_and_cover_by_code_bytes():
             return [(g[0][0] + 1, g[0][-1] + 1, g[1], len(part)) for g, part in ix.cover(parse_layers(subset))]
 
         assert cover("high:1") == [(1, 1, 64, 1)]
-        assert cover("high:4") == [(1, 4, 64, 4)]  # high:8/32 scans the same bytes for 4 layers: the finer PQ wins
-        assert cover("high:6") == [(1, 8, 32, 6)]
+        assert cover("high:4") == [(1, 4, 64, 4)]  # high:6/32 would scan fewer bytes, but 32-wide is too coarse for 4
+        assert cover("high:6") == [(1, 6, 32, 6)]  # 96 B per key; high:8/32 would scan 128
+        assert cover("high:5") == [(1, 6, 32, 5)]
+        assert cover("high:8") == [(1, 8, 32, 8)]
         assert cover("all") == [(1, 16, 32, 16), (17, 18, 64, 2)]  # 320 B per key instead of 576
         assert cover("low:3") == [(17, 18, 64, 2), (16, 16, 64, 1)]  # 96 B per key; low:4 would scan 128
+    finally:
+        ix.close(snapshot=False)
+    ix = AnnLayerIndex(StoreConfig(index_mode="ann", ann_backend="pq", ann_groups=("high:8/32",)), None, background=False)
+    try:
+        assert [(g[0][0] + 1, g[0][-1] + 1, g[1], len(p)) for g, p in ix.cover(parse_layers("high:5"))] == [(1, 8, 32, 5)]
+        assert [g[1] for g, _ in ix.cover(parse_layers("high:4"))] == [64] * 4  # single layers, not high:8/32
     finally:
         ix.close(snapshot=False)
 

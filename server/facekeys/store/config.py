@@ -49,7 +49,7 @@ class StoreConfig:
     # -- ann mode (defaults measured in benchmarks/RESULTS.md) --
     ann_pq_m: int = 64  # 4-bit PQ sub-quantisers per layer (single layers and groups without "/m"): m/2 bytes per
     #                     key and layer (64 -> 32 B, 8 dims each)
-    ann_groups: tuple = ("high:4", "high:8/32", "high:16/32", "9-16/32", "low:4", "low:2")  # layer groups with a
+    ann_groups: tuple = ("high:4", "high:6/32", "high:8/32", "high:16/32", "9-16/32", "low:4", "low:2")  # layer groups with a
     #                     concatenated-code index, "layers" or "layers/m" (m sub-quantisers per layer, default
     #                     ann_pq_m; at most 512 per index); a subset is served by the groups covering it at the
     #                     fewest code bytes, every single layer being a group too. Large groups use 32 per layer:
