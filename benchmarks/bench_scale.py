@@ -361,18 +361,24 @@ def main():
     ap.add_argument("--keystore", action="store_true", help="also benchmark the full KeyStore at --n")
     ap.add_argument("--no-index", action="store_true", help="skip the VectorIndex benchmark")
     ap.add_argument("--workdir", default=None, help="where index files go (default: a temp dir)")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="leave the index files in a new directory under --workdir")
     ap.add_argument("--out", help="write the Markdown here")
     ap.add_argument("--append", help="append the Markdown here")
     args = ap.parse_args()
     lines = [f"## bench_scale N = {args.n:,}", ""] + machine_lines(args)
     print("\n".join(lines), flush=True)
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        args.workdir = tmp
+    tmp = tempfile.mkdtemp(prefix="bench_scale_", dir=args.workdir)
+    args.workdir = tmp
+    try:
         if not args.no_index:
             run_index(args, lines)
         if args.keystore:
             run_keystore(args, lines)
+    finally:
+        if args.keep:
+            print(f"index files kept in {tmp}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     lines.append(f"- load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     text = "\n".join(lines) + "\n"
     if args.out:

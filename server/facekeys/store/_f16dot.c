@@ -1004,6 +1004,7 @@ done:
  * codes holds every layer's m/2 bytes side by side and code s sits in the low (s even) or high (s odd) nibble of
  * byte s/2 (FAISS' 4-bit PQ packing). Rows outer, layers inner: the L tables (8 KB each at m = 128) stay in L2. */
 #define PQ_AHEAD 8
+#define PQ_STEPS_AHEAD 1 /* AVX-512 path: prefetch the rows of the step this many 16-row steps ahead */
 static void pq4_rows(float *out, const uint8_t *codes, int64_t width, const int64_t *rows, int64_t c,
                      const int64_t *layers, int64_t L, int64_t m, const float *lut) {
     const int64_t half = m / 2;
@@ -1042,9 +1043,10 @@ static T_AVX512 void pq4_rows_avx512(float *out, const uint8_t *codes, int64_t w
     for (; i + 16 <= c; i += 16) {
         int64_t off[16];
         for (int k = 0; k < 16; k++) off[k] = rows[i + k] * width;
-        if (i + 16 + PQ_AHEAD < c) /* scattered rows: fetch ahead */
-            for (int64_t k = i + 16; k < i + 16 + PQ_AHEAD; k++)
-                for (int64_t j = 0; j < L; j++) __builtin_prefetch(codes + rows[k] * width + layers[j] * half);
+        /* scattered rows: fetch all 16 rows of the next step (8 of them left the other 8 to demand misses: 5,120 rows
+         * x 4 layers of 1M, ad hoc: 0.64 -> 0.57 ms on one thread, 0.81 -> 0.68 on two; 2 or 4 steps ahead: no gain) */
+        for (int64_t k = i + 16 * PQ_STEPS_AHEAD, e = k + 16 < c ? k + 16 : c; k < e; k++)
+            for (int64_t j = 0; j < L; j++) __builtin_prefetch(codes + rows[k] * width + layers[j] * half);
         __m512i lo = _mm512_loadu_si512((const void *)off), hi = _mm512_loadu_si512((const void *)(off + 8));
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
         for (int64_t j = 0; j < L; j++) {
