@@ -210,7 +210,8 @@ def test_killed_mid_write_leaves_old_snapshot_usable(tmp_path):
 
 def test_refine_codes_round_trip_and_another_width_is_refused(built):
     """The segments' refine codes come back from the snapshot as written; an index configured with another
-    refine width refuses the snapshot (the KeyStore then rebuilds instead of searching with the wrong codes)."""
+    refine width or other groups refuses the snapshot (the KeyStore then rebuilds instead of searching with the
+    wrong codes)."""
     path, gallery, ids, before = built
     (idx_dir,) = index_dirs(path)
     cfg = StoreConfig(**ANN)
@@ -228,6 +229,9 @@ def test_refine_codes_round_trip_and_another_width_is_refused(built):
         AnnLayerIndex.load(StoreConfig(**ANN, ann_refine_m=64), idx_dir, background=False)
     with pytest.raises(snapshot.SnapshotError, match="other index settings"):
         AnnLayerIndex.load(StoreConfig(**ANN, ann_refine_m=0), idx_dir, background=False)
+    old_groups = ("high:4", "high:8/32", "high:16/32", "9-16/32", "low:4", "low:2")  # the default before high:6/32
+    with pytest.raises(snapshot.SnapshotError, match="other index settings"):
+        AnnLayerIndex.load(StoreConfig(**ANN, ann_groups=old_groups), idx_dir, background=False)
     with KeyStore.open(path, StoreConfig(**ANN, ann_refine_m=0)) as store:  # rebuilt without refine codes
         store._indexes["enc"].sync()
         assert store._indexes["enc"]._segments[0].refine is None
