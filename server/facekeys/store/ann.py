@@ -12,8 +12,8 @@ Layout (one `AnnLayerIndex` per encoder):
               large groups; trained in the background once `ann_train_min` keys exist.
     segments  immutable candidate generators over a row range: one FAISS PQ fast-scan index (inner
               product) per layer group, for every single layer and the configured groups (high:4, high:6/32,
-              high:8/32, high:16/32, 9-16/32, low:4, low:2). A group's PQ is its layers' PQs of its m side by side, so its
-              codes are the per-layer codes concatenated (each layer is encoded once per m). Built and swapped
+              high:8/32, high:16/32, 9-16/32, low:4, low:2). A group's PQ is its layers' PQs of its m side by side,
+              so its codes are the per-layer codes concatenated (each layer is encoded once per m). Built and swapped
               in by a background thread, never mutated after publication (searches need no lock against the
               builder); large segments are split into `ann_threads` shards searched in parallel. Each segment
               also holds the refine codes: every layer's 4-bit PQ at `ann_refine_m` (128) sub-quantisers, 64 B per
@@ -113,7 +113,8 @@ REFINE_MIN = 256  # candidates kept for the exact re-rank: 256 x sqrt(N / 100k) 
 REFINE_SHARE = 4  # ... and at least this fraction of the candidates a request asks for
 COARSE_MIN_LAYERS = 5  # a group of fewer sub-quantisers per layer than ann_pq_m answers for this many subset layers
 #                       or more: at 1M keys the exact top-1 of high:4 ranked 11,461 (p99, genuine probes, per shard)
-#                       in 32-wide codes against 226 in 64-wide ones; from 6 layers on 32-wide finds it (0.995)
+#                       in 32-wide codes against 226 in 64-wide ones, while high:6 finds it at 0.995 from 32-wide
+#                       codes (5 layers: served by 32-wide codes before this rule too, not measured apart)
 RETRAIN_GROWTH = 2  # pq: retrain (and re-encode) once the store is this many times the keys the codebooks were
 #                     trained on, while that was below ann_train_sample (the first training starts at ann_train_min)
 

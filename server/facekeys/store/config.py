@@ -49,11 +49,12 @@ class StoreConfig:
     # -- ann mode (defaults measured in benchmarks/RESULTS.md) --
     ann_pq_m: int = 64  # 4-bit PQ sub-quantisers per layer (single layers and groups without "/m"): m/2 bytes per
     #                     key and layer (64 -> 32 B, 8 dims each)
-    ann_groups: tuple = ("high:4", "high:6/32", "high:8/32", "high:16/32", "9-16/32", "low:4", "low:2")  # layer groups with a
-    #                     concatenated-code index, "layers" or "layers/m" (m sub-quantisers per layer, default
-    #                     ann_pq_m; at most 512 per index); a subset is served by the groups covering it at the
-    #                     fewest code bytes, every single layer being a group too. Large groups use 32 per layer:
-    #                     half the bytes per scan at nearly the same recall (benchmarks/RESULTS.md section 2)
+    ann_groups: tuple = ("high:4", "high:6/32", "high:8/32", "high:16/32", "9-16/32", "low:4", "low:2")
+    #                     layer groups with a concatenated-code index, "layers" or "layers/m" (m sub-quantisers
+    #                     per layer, default ann_pq_m; at most 512 per index); a subset is served by the groups
+    #                     covering it at the fewest code bytes, every single layer being a group too. Large groups
+    #                     use 32 per layer: half the bytes per scan at nearly the same recall (benchmarks/RESULTS.md
+    #                     section 2); a group coarser than ann_pq_m serves only 5+ of a subset's layers
     ann_backend: str = "auto"  # candidate generator: "pq" (CPU PQ fast-scan group indexes; their k-means on the GPU
     #                            when FAISS sees one), "flat" (exact float16 inner products of all 18 layers + norm
     #                            columns, store/flat.py: on the GPU when FAISS sees one, else a slow CPU reference),
