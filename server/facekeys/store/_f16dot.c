@@ -1043,8 +1043,9 @@ static T_AVX512 void pq4_rows_avx512(float *out, const uint8_t *codes, int64_t w
     for (; i + 16 <= c; i += 16) {
         int64_t off[16];
         for (int k = 0; k < 16; k++) off[k] = rows[i + k] * width;
-        /* scattered rows: fetch all 16 rows of the next step (8 of them left the other 8 to demand misses: 5,120 rows
-         * x 4 layers of 1M, ad hoc: 0.64 -> 0.57 ms on one thread, 0.81 -> 0.68 on two; 2 or 4 steps ahead: no gain) */
+        /* scattered rows: fetch all 16 rows of the next step (8 of them left the other 8 to demand misses: 5,120
+         * rows x 4 layers of 1M, ad hoc: 0.64 -> 0.57 ms on one thread, 0.81 -> 0.68-0.71 on two; 2 or 4 steps
+         * ahead: no gain) */
         for (int64_t k = i + 16 * PQ_STEPS_AHEAD, e = k + 16 < c ? k + 16 : c; k < e; k++)
             for (int64_t j = 0; j < L; j++) __builtin_prefetch(codes + rows[k] * width + layers[j] * half);
         __m512i lo = _mm512_loadu_si512((const void *)off), hi = _mm512_loadu_si512((const void *)(off + 8));
