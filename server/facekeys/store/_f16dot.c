@@ -1032,13 +1032,27 @@ static void pq4_rows(float *out, const uint8_t *codes, int64_t width, const int6
 }
 
 #ifdef FK_X86
-/* pq4_rows, 16 rows at a time (AVX-512F): each gather fetches 4 code bytes (8 codes) of one layer for 16 rows
- * (64-bit offsets: stores beyond 2 GB of codes), and each code's 16-entry float table is one register, looked
- * up for the 16 rows by one permute (vpermps reads the index's low 4 bits: the nibble needs no mask). Rows c -
- * c % 16 .. c - 1 go to the scalar loop. Needs m % 8 == 0. */
+/* Adds the table lookups of 8 codes (the nibbles of v's 32-bit lanes, code 0 lowest) for 16 rows: each code's
+ * 16-entry float table (t, t + 16, ...) is one register, looked up by one permute (vpermps reads the index's low 4
+ * bits: the nibble needs no mask). */
+static T_AVX512 inline void pq4_add8(__m512i v, const float *t, __m512 a[4]) {
+    for (int s = 0; s < 8; s++)
+        a[s & 3] = _mm512_add_ps(a[s & 3],
+                                 _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * s), _mm512_loadu_ps(t + 16 * s)));
+}
+
+/* pq4_rows, 16 rows at a time (AVX-512F). Per layer, 16 code bytes (32 codes) of the 16 rows at a time: 16 plain
+ * loads transposed by permutes into 4 vectors of 4 bytes per row (faster than gathers: 18 layers x 15,360 rows of
+ * random codes, ad hoc, 21.6 -> 17.9 ns per row and layer; 4 layers x 5,120 rows 0.55 -> 0.47 ms); a layer's
+ * last m/2 % 16 bytes by gathers of 4 bytes (64-bit offsets: stores beyond 2 GB of codes). Rows c - c % 16 .. c - 1
+ * go to the scalar loop. Needs m % 8 == 0. */
 static T_AVX512 void pq4_rows_avx512(float *out, const uint8_t *codes, int64_t width, const int64_t *rows, int64_t c,
                                      const int64_t *layers, int64_t L, int64_t m, const float *lut) {
     const int64_t half = m / 2;
+    /* after 4 loads of 16 bytes per vector (rows 4q..4q+3, one row per 128-bit lane): dwords 0 and 1 of 8 rows, then
+     * dwords 2 and 3 (second source: rows 4q+4..4q+7) */
+    const __m512i d01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    const __m512i d23 = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
     int64_t i = 0;
     for (; i + 16 <= c; i += 16) {
         int64_t off[16];
@@ -1049,25 +1063,38 @@ static T_AVX512 void pq4_rows_avx512(float *out, const uint8_t *codes, int64_t w
         for (int64_t k = i + 16 * PQ_STEPS_AHEAD, e = k + 16 < c ? k + 16 : c; k < e; k++)
             for (int64_t j = 0; j < L; j++) __builtin_prefetch(codes + rows[k] * width + layers[j] * half);
         __m512i lo = _mm512_loadu_si512((const void *)off), hi = _mm512_loadu_si512((const void *)(off + 8));
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (int64_t j = 0; j < L; j++) {
             const uint8_t *base = codes + layers[j] * half;
             const float *t = lut + j * m * 16;
-            for (int64_t b = 0; b < half; b += 4, t += 8 * 16) {
+            int64_t b = 0;
+            for (; b + 16 <= half; b += 16) {
+                __m512i z[4];
+                for (int q = 0; q < 4; q++) {
+                    const uint8_t *p = base + b;
+                    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + off[4 * q])));
+                    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + off[4 * q + 1])), 1);
+                    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + off[4 * q + 2])), 2);
+                    z[q] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + off[4 * q + 3])), 3);
+                }
+                __m512i lo01 = _mm512_permutex2var_epi32(z[0], d01, z[1]);
+                __m512i lo23 = _mm512_permutex2var_epi32(z[0], d23, z[1]);
+                __m512i hi01 = _mm512_permutex2var_epi32(z[2], d01, z[3]);
+                __m512i hi23 = _mm512_permutex2var_epi32(z[2], d23, z[3]);
+                /* 256-bit halves: rows 0-7 from lo.., rows 8-15 from hi.. */
+                pq4_add8(_mm512_shuffle_i64x2(lo01, hi01, 0x44), t, a);
+                pq4_add8(_mm512_shuffle_i64x2(lo01, hi01, 0xEE), t + 128, a);
+                pq4_add8(_mm512_shuffle_i64x2(lo23, hi23, 0x44), t + 256, a);
+                pq4_add8(_mm512_shuffle_i64x2(lo23, hi23, 0xEE), t + 384, a);
+                t += 512;
+            }
+            for (; b < half; b += 4, t += 8 * 16) {
                 __m256i g0 = _mm512_i64gather_epi32(lo, (const void *)(base + b), 1);
                 __m256i g1 = _mm512_i64gather_epi32(hi, (const void *)(base + b), 1);
-                __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1); /* 8 codes of 16 rows */
-                a0 = _mm512_add_ps(a0, _mm512_permutexvar_ps(v, _mm512_loadu_ps(t)));
-                a1 = _mm512_add_ps(a1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), _mm512_loadu_ps(t + 16)));
-                a2 = _mm512_add_ps(a2, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8), _mm512_loadu_ps(t + 32)));
-                a3 = _mm512_add_ps(a3, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 12), _mm512_loadu_ps(t + 48)));
-                a0 = _mm512_add_ps(a0, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 16), _mm512_loadu_ps(t + 64)));
-                a1 = _mm512_add_ps(a1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 20), _mm512_loadu_ps(t + 80)));
-                a2 = _mm512_add_ps(a2, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 24), _mm512_loadu_ps(t + 96)));
-                a3 = _mm512_add_ps(a3, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 28), _mm512_loadu_ps(t + 112)));
+                pq4_add8(_mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1), t, a); /* 8 codes of 16 rows */
             }
         }
-        _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
     }
     if (i < c) pq4_rows(out + i, codes, width, rows + i, c - i, layers, L, m, lut);
 }
