@@ -13,7 +13,7 @@ from facekeys.errors import InvalidArgument
 from facekeys.layers import parse_layers
 from facekeys.store import Filter, MatchQuery, StoreConfig
 from facekeys.store import ann as ann_mod
-from facekeys.store.ann import AnnLayerIndex, f16_bits_as_f32, refine_scores, refine_tables
+from facekeys.store.ann import AnnLayerIndex, best_distinct, f16_bits_as_f32, refine_scores, refine_tables
 
 from fkhelpers import assert_topk_matches_oracle, attrs, check_exact, enrol, f16, oracle, random_keys
 
@@ -401,6 +401,24 @@ def test_refine_kernel_rejects_bad_arguments():
         pq4(out, codes, np.array([0, 1, 2]), layers[:1], table)
     with pytest.raises(TypeError, match="out"):
         pq4(np.empty(2, np.float32), codes, np.array([0, 1, 2]), layers, table)
+
+
+@pytest.mark.parametrize("copies", [1, 2, 3])
+def test_best_distinct_equals_dedup_then_top(copies):
+    """The refine step's pick: the `keep` best distinct rows when up to `copies` groups found a row (its copies
+    score alike) equal de-duplicating everything first, then taking the best `keep` (the oracle), including
+    when nearly every row was found by every group and when fewer distinct rows than `keep` exist."""
+    rng = np.random.default_rng(copies)
+    for n_distinct, keep in ((5000, 300), (400, 300), (200, 300), (3000, 1)):
+        distinct = rng.choice(10**6, n_distinct, replace=False).astype(np.int64)
+        value = rng.permutation(n_distinct).astype(np.float32)  # distinct scores: the oracle is unique
+        times = rng.integers(1, copies + 1, n_distinct)
+        times[value >= n_distinct - 2 * keep] = copies  # the best rows found by every group
+        idx = rng.permutation(np.repeat(np.arange(n_distinct), times))
+        got = best_distinct(distinct[idx], value[idx], keep, copies)
+        want = distinct[np.argsort(-value)[:keep]]
+        assert len(got) == len(set(got.tolist())) == len(want)
+        assert set(got.tolist()) == set(want.tolist()), (n_distinct, keep)
 
 
 def test_refine_step_keeps_the_best_candidates(trained):
