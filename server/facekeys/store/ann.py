@@ -605,7 +605,7 @@ class AnnLayerIndex(FilterColumns):
     def _scan(self, q_all, lay, metric, kk, rows) -> list[np.ndarray]:
         """Exact-scan candidates: per probe, the kk best rows (float32 scores of the float16 vectors)."""
         n_rows = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
-        per_part = RANGE_PART_MIN if isinstance(rows, slice) else -(-LISTED_PART_MIN // len(lay))
+        per_part = RANGE_PART_MIN if isinstance(rows, slice) else math.ceil(LISTED_PART_MIN / len(lay))
         parts = max(1, min(self.config.ann_threads, n_rows // per_part))
         if parts == 1:
             best_rows, best_cost = self._scan_part(q_all, lay, metric, kk, rows)
