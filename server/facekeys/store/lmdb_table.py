@@ -16,8 +16,11 @@ to its database and key id, so values cannot be swapped between records.
 from __future__ import annotations
 
 import json
+import resource
 import struct
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Protocol, Sequence
@@ -26,7 +29,7 @@ import lmdb
 import numpy as np
 
 from facekeys.dims import KEY_SHAPE
-from facekeys.errors import FacekeysError, FailedPrecondition, NotFound, ResourceExhausted
+from facekeys.errors import FacekeysError, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 from facekeys.records import KeyRecord, NewKey, Obfuscation, Where
 
@@ -44,6 +47,13 @@ class ValueCipher(Protocol):
 
 _U64 = struct.Struct(">Q")
 _NEXT = b"next_key_id"
+READ_THREADS = 16  # get_latents: threads reading uncached values at once (they wait on the disk, not the CPU)
+
+
+def _major_faults() -> int:
+    """Major page faults of the calling thread so far (Linux; 0 where the platform cannot say)."""
+    who = getattr(resource, "RUSAGE_THREAD", None)
+    return resource.getrusage(who).ru_majflt if who is not None else 0
 
 
 def _k(key_id: int) -> bytes:
@@ -84,7 +94,13 @@ class StoredMeta:
 
 
 class LmdbTable:
-    def __init__(self, path: Path, map_size: int, durable: bool = True, cipher: Optional[ValueCipher] = None):
+    def __init__(self, path: Path, map_size: int, durable: bool = True, cipher: Optional[ValueCipher] = None,
+                 read_threads: int = READ_THREADS):
+        if read_threads < 1:
+            raise InvalidArgument(f"read_threads must be >= 1, got {read_threads}")
+        self.read_threads = read_threads
+        self._readers: Optional[ThreadPoolExecutor] = None
+        self._readers_lock = threading.Lock()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -121,6 +137,8 @@ class LmdbTable:
         txn.delete(key, db=self._counters)
 
     def close(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         self.env.close()
 
     # -- value sealing ----------------------------------------------------------------------------
@@ -215,9 +233,38 @@ class LmdbTable:
 
     def get_latents(self, key_ids: Sequence[int], layers: Sequence[int]) -> dict[int, np.ndarray]:
         """{key_id: (|S|, 512) float32} of the stored latents' selected layers (0-based); absent keys are left out.
-        Unencrypted values are sliced in place (only the selected layers' pages are read)."""
-        out = {}
+
+        A value spans ten 4 KB overflow pages and py-lmdb's get touches every one (GIL released); the map is
+        opened without readahead (MDB_NORDAHEAD: this box reads ahead 8 MB per fault), so an uncached value is
+        ten disk reads one after another. When the first key's read had to go to the disk (a major fault), the
+        rest are read by `read_threads` threads at once: at 1M keys the 37 GB of values do not fit in RAM beside
+        the float16 index, and a Match's k + 16 values are read cold. 26 uncached values of 100k-200k: 16-21 ms
+        one after another, 5-7 ms with 16 threads (8: 7-7.4, 32: 6.4-6.9; `benchmarks/bench_lmdb_reads.py`)."""
         lay = list(layers)
+        ids = list(key_ids)
+        if not ids:
+            return {}
+        before = _major_faults()
+        out = self._read_latents(ids[:1], lay)
+        rest = ids[1:]
+        if rest and self.read_threads > 1 and _major_faults() > before:
+            parts = [rest[i :: self.read_threads] for i in range(min(self.read_threads, len(rest)))]
+            for part in self._reader_pool().map(lambda p: self._read_latents(p, lay), parts):
+                out.update(part)
+        elif rest:
+            out.update(self._read_latents(rest, lay))
+        return out
+
+    def _reader_pool(self) -> ThreadPoolExecutor:
+        with self._readers_lock:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="lmdb-read")
+            return self._readers
+
+    def _read_latents(self, key_ids: Sequence[int], lay: list[int]) -> dict[int, np.ndarray]:
+        """get_latents of `key_ids` in one read transaction, one after another. Unencrypted values are sliced in
+        place (only the selected layers are copied)."""
+        out = {}
         with self.env.begin(buffers=True) as txn:
             for key_id in key_ids:
                 kb = _k(key_id)

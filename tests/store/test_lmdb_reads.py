@@ -1,0 +1,92 @@
+"""LmdbTable.get_latents: the selected layers of the stored float32 keys, one after another or by reader threads
+when the values are not cached (a real LMDB in a temp dir)."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import numpy as np
+import pytest
+
+from facekeys.errors import InvalidArgument
+from facekeys.records import NewKey, Where
+from facekeys.store import lmdb_table
+from facekeys.store.lmdb_table import LmdbTable
+
+N = 300
+MAP = 64 << 20
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """(path, latents (N, 18, 512), key ids) of a closed table holding N random keys."""
+    x = np.random.default_rng(0).standard_normal((N, 18, 512)).astype(np.float32)
+    t = LmdbTable(tmp_path / "db", MAP, durable=False)
+    metas = t.put([NewKey(v, "enc", where=Where("cam")) for v in x], [f"id{i}" for i in range(N)])
+    t.close()
+    return tmp_path / "db", x, [m.key_id for m in metas]
+
+
+def check(got, x, ids, wanted, layers):
+    assert sorted(got) == sorted(wanted)
+    for key_id in wanted:
+        np.testing.assert_array_equal(got[key_id], x[ids.index(key_id)][list(layers)])
+        assert got[key_id].dtype == np.float32 and got[key_id].flags.c_contiguous
+
+
+@pytest.mark.parametrize("threads", [1, lmdb_table.READ_THREADS])
+def test_selected_layers_of_every_present_key(stored, threads):
+    path, x, ids = stored
+    t = LmdbTable(path, MAP, read_threads=threads)
+    wanted = ids[::7]
+    got = t.get_latents(wanted + [10**9], (0, 1, 2, 3))  # an absent key is left out
+    check(got, x, ids, wanted, (0, 1, 2, 3))
+    check(t.get_latents(ids[5:9], (17, 3)), x, ids, ids[5:9], (17, 3))
+    assert t.get_latents([], (0,)) == {}
+    t.close()
+
+
+def test_reader_threads_once_the_first_value_came_from_disk(stored, monkeypatch):
+    """A major fault on the first key sends the rest to the reader threads; their answer is the same."""
+    path, x, ids = stored
+    faults = iter(range(10**6))
+    monkeypatch.setattr(lmdb_table, "_major_faults", lambda: next(faults))  # every read "faulted"
+    t = LmdbTable(path, MAP)
+    wanted = ids[3:200:3]
+    check(t.get_latents(wanted, range(18)), x, ids, wanted, range(18))
+    assert t._readers is not None  # the threaded path ran
+    t.close()
+    monkeypatch.setattr(lmdb_table, "_major_faults", lambda: 0)  # cached: no faults, no threads
+    t = LmdbTable(path, MAP)
+    check(t.get_latents(wanted, (1,)), x, ids, wanted, (1,))
+    assert t._readers is None
+    t.close()
+
+
+def test_uncached_values_are_detected(stored):
+    """Evicted from the page cache, the first read is a major fault and the threads take over (skipped where
+    the file system keeps its pages, e.g. tmpfs)."""
+    path, x, ids = stored
+    if not hasattr(resource, "RUSAGE_THREAD") or not hasattr(os, "posix_fadvise"):
+        pytest.skip("needs Linux getrusage(RUSAGE_THREAD) and posix_fadvise")
+    for f in path.glob("*.mdb"):
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    t = LmdbTable(path, MAP)
+    before = lmdb_table._major_faults()
+    wanted = ids[1::2]
+    got = t.get_latents(wanted, (0, 1))
+    if lmdb_table._major_faults() == before and t._readers is None:
+        t.close()
+        pytest.skip("the file system kept the evicted pages")
+    check(got, x, ids, wanted, (0, 1))
+    assert t._readers is not None
+    t.close()
+
+
+def test_bad_reader_threads(tmp_path):
+    with pytest.raises(InvalidArgument, match="read_threads"):
+        LmdbTable(tmp_path / "db", MAP, read_threads=0)
