@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -224,13 +225,38 @@ def run_index(args, lines):
     print(lines[-1], flush=True)
     bw = memory_bandwidth()
     lines.append(f"- measured read bandwidth (same run): {bw / 1e9:.1f} GB/s")
+    lines.append(f"- the box's jitter before the Matches: {box_jitter()}")
     measure(ix, wl, truth, args, bw, lines)
+    lines.append(f"- the box's jitter after them: {box_jitter()}")
     mem3 = rss()
     lines.append(f"- RSS at the end (after exact scans touched the float16 files): {gb(mem3['VmRSS'])} "
                  f"(anonymous {gb(mem3['RssAnon'])}, file-backed {gb(mem3['RssFile'])}: page cache, reclaimable)")
     ix.close(snapshot=False)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def box_jitter(mib: int = 64, repeats: int = 300) -> str:
+    """Latency spread of one fixed job on this box: two threads each summing its own `mib` MiB array (a 500k-row
+    shard's high:4 fast-scan codes are 64 MB), `repeats` times. A single-probe Match cannot have a smaller p99 /
+    p50 than this job's, so it says how much of a Match's tail is the machine (shared: other tenants' work and
+    memory traffic come and go)."""
+    arrays = [np.ones((mib << 20) // 8) for _ in range(2)]
+    pool = ThreadPoolExecutor(2)
+    for _ in range(10):
+        list(pool.map(np.sum, arrays))
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        list(pool.map(np.sum, arrays))
+        ts.append(time.perf_counter() - t)
+    pool.shutdown()
+    ts = np.array(ts) * 1e3
+    p50, p99 = np.median(ts), np.percentile(ts, 99)
+    blocks = [np.percentile(b, 99) for b in np.array_split(ts, repeats // 100)]
+    return (f"2 threads x {mib} MiB sums, {repeats} times: p50 {p50:.2f} ms, p90 {np.percentile(ts, 90):.2f}, p99 "
+            f"{p99:.2f} (p99 / p50 {p99 / p50:.2f}; p99 of each 100: {', '.join(f'{b:.1f}' for b in blocks)}), "
+            f"max {ts.max():.1f}")
 
 
 def measure(ix, wl, truth, args, bw, lines):
