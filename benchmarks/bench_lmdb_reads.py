@@ -56,7 +56,8 @@ def main():
         sys.exit(f"--n must be at least keys x repeats x 4 = {args.keys * args.repeats * 4} (distinct keys per fetch)")
     root = Path(args.workdir) / "lmdb"
     shutil.rmtree(root, ignore_errors=True)
-    table = LmdbTable(root, map_size=int(args.n * 40_000 * 1.3) + (256 << 20), durable=False)
+    map_size = int(args.n * 40_000 * 1.3) + (256 << 20)
+    table = LmdbTable(root, map_size=map_size, durable=False)
     rng = np.random.default_rng(0)
     block = rng.standard_normal((1000,) + KEY_SHAPE).astype(np.float32)  # (1000, 18, 512), reused
     t0 = time.perf_counter()
@@ -76,8 +77,7 @@ def main():
     for i, (threads, cached) in enumerate(runs):
         if not cached:
             evict(root)
-        table = LmdbTable(root, map_size=int(args.n * 40_000 * 1.3) + (256 << 20), durable=False,
-                          read_threads=threads)
+        table = LmdbTable(root, map_size=map_size, durable=False, read_threads=threads)
         ids = order[(i % 4) * args.keys * args.repeats : (i % 4 + 1) * args.keys * args.repeats]
         if cached:  # the same fetches once untimed: their pages are then in the page cache
             for fetch in ids.reshape(args.repeats, -1):

@@ -383,24 +383,23 @@ def match_distinct(store, ix, probes) -> list[str]:
     table = store._table
     threads = table.read_threads
     lay = parse_layers("high:4")
-    lat = {1: [], threads: []}
-    faults = {1: [], threads: []}
+    lat, faults = ([], []), ([], [])  # [0]: even probes, the store's reader threads; [1]: odd, one after another
     for i in range(len(probes)):
         table.read_threads = 1 if i % 2 else threads
         q = MatchQuery.build(probes[i : i + 1], "bench", "high:4", "cosine", top_k=10)
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
-        lat[table.read_threads].append(timed(lambda q=q: store.match(q), 0, 1)[0])
-        faults[table.read_threads].append(resource.getrusage(resource.RUSAGE_SELF).ru_majflt - f0)
+        lat[i % 2].append(timed(lambda q=q: store.match(q), 0, 1)[0])
+        faults[i % 2].append(resource.getrusage(resource.RUSAGE_SELF).ru_majflt - f0)
     table.read_threads = threads
     k = 10 + store.config.rerank_extra
     alone = [timed(lambda i=i: ix.search(probes[i : i + 1], lay, "cosine", k, Filter()), 0, 1)[0]
              for i in range(len(probes))]
     out = []
-    for t in (1, threads):
-        a = np.array(lat[t]) * 1e3
+    for odd in (1, 0):
+        a = np.array(lat[odd]) * 1e3
         out.append(f"- Match high:4 cosine top-10, {len(a)} different probes, float32 values read "
-                   f"{'one after another' if t == 1 else f'by {t} reader threads'}: p50 {np.median(a):.1f} ms, "
-                   f"p99 {np.percentile(a, 99):.1f} ms, {np.mean(faults[t]):.0f} major faults per Match")
+                   f"{'one after another' if odd else f'by {threads} reader threads'}: p50 {np.median(a):.1f} ms, "
+                   f"p99 {np.percentile(a, 99):.1f} ms, {np.mean(faults[odd]):.0f} major faults per Match")
     a = np.array(alone) * 1e3
     out.append(f"- the float16 index alone on the same {len(a)} probes (top {k}, no LMDB): p50 {np.median(a):.1f} ms, "
                f"p99 {np.percentile(a, 99):.1f} ms")

@@ -238,7 +238,7 @@ class LmdbTable:
         opened without readahead (MDB_NORDAHEAD: this box reads ahead 8 MB per fault), so an uncached value is
         ten disk reads one after another. When the first key's read had to go to the disk (a major fault), the
         rest are read by `read_threads` threads at once: at 1M keys the 37 GB of values do not fit in RAM beside
-        the float16 index, and a Match's k + 16 values are read cold. 26 uncached values of 100k-200k: 16-21 ms
+        the float16 index, and a Match's k + 16 values are read cold. 26 uncached values of 100k-200k: 15-21 ms
         one after another, 5-7 ms with 16 threads (8: 7-7.4, 32: 6.4-6.9; `benchmarks/bench_lmdb_reads.py`)."""
         lay = list(layers)
         ids = list(key_ids)
