@@ -2,7 +2,7 @@
 
     python benchmarks/bench_lmdb_reads.py --n 200000 --workdir /tmp/lmdb-reads
 
-Match re-scores the float16 index's best k + 16 keys from the float32 latents in LMDB (`LmdbTable.get_latents`).
+Match re-scores up to k + 16 of the float16 index's best keys from the float32 latents in LMDB (`LmdbTable.get_latents`).
 At 1M keys those values are 37 GB and do not fit in RAM beside the float16 files, so a Match reads them from
 disk. This writes N keys through `LmdbTable.put`, then for each setting evicts the file from the page cache
 (fsync + posix_fadvise DONTNEED, the table closed) and times `get_latents` of `--keys` random keys (distinct in

@@ -43,7 +43,7 @@ def ann_server(server_factory):
 
 def oracle_top(gallery, probe, layers, metric, k):
     """Exact top-k (key ids, scores) over the enrolled float32 values, in float64 (Match re-scores the float16
-    index's best k + 16 from the float32 keys in LMDB)."""
+    index's best from the float32 keys in LMDB)."""
     x = gallery.astype(np.float64)[:, list(layers), :].reshape(len(gallery), -1)
     q = probe[list(layers)].astype(np.float64).ravel()
     if metric == "cosine":

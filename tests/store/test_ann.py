@@ -177,8 +177,8 @@ def test_new_keys_searchable_while_training_and_deletes_respected(monkeypatch):
 
 
 def test_keystore_ann_and_float16_modes_equal_oracle(store_factory):
-    """Through the KeyStore the float16 modes return the float32 oracle's values (the index's best k + 16 are
-    re-scored from the float32 keys in LMDB)."""
+    """Through the KeyStore the float16 modes return the float32 oracle's values (those of the index's best k + 16
+    that can rank are re-scored from the float32 keys in LMDB)."""
     gallery = random_keys(1200, seed=21)
     probes = gallery[:5] + 0.3 * random_keys(5, seed=22)
     for name, cfg in (("ann", dict(CFG, ann_exact_bytes=0)), ("f16", dict(vector_dtype="float16"))):
@@ -306,6 +306,96 @@ def test_float16_modes_keep_the_float32_order_of_near_ties(store_factory, mode):
     assert [h.key_id for h in r.hits] == [near_id, far_id]
     want = oracle(np.stack([near, far]), probe, lay, "l2")
     np.testing.assert_allclose([h.score for h in r.hits], want, rtol=1e-12)
+
+
+def _f16_keys(rng, n: int, d: int) -> np.ndarray:
+    """(n, d) float32 keys at scales from subnormal float16 to near its largest value, some with zeros."""
+    scale = 10.0 ** rng.uniform(-9, 3.5, (n, 1))
+    x = (rng.standard_normal((n, d)) * scale).astype(np.float32)
+    x[: n // 8, : d // 2] = 0
+    mixed = x[n // 8 : n // 4]  # elements of very different sizes within one key
+    mixed *= (10.0 ** rng.uniform(-6, 0, mixed.shape)).astype(np.float32)
+    return np.clip(x, -60000, 60000)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("d", [512, 2048, 9216])
+def test_f16_error_bounds_hold_and_are_near_the_worst_case(metric, d):
+    """|score(q, x) - score(q, float16(x))| never exceeds f16_error_bounds, for random probes and for the probes
+    that move a score most (along x - x16 for l2; along its part orthogonal to x for cosine), at every scale; on
+    those worst-case probes the error reaches 0.3 of the bound or more on normal-range keys."""
+    from facekeys.store.ann import f16_error_bounds
+
+    rng = np.random.default_rng(d + len(metric))
+    x = _f16_keys(rng, 400, d)
+    x64, x16 = x.astype(np.float64), x.astype(np.float16).astype(np.float64)
+    r = x64 - x16
+    bound = f16_error_bounds(np.sqrt(np.einsum("nd,nd->n", x16, x16)), d, metric)
+
+    def score(q, keys):
+        if metric == "l2":
+            return np.linalg.norm(keys - q, axis=1)
+        kn = np.linalg.norm(keys, axis=1)
+        return np.divide(keys @ q, kn * np.linalg.norm(q), out=np.zeros(len(keys)), where=kn > 0)
+
+    worst = np.zeros(len(x))
+    for q in rng.standard_normal((20, d)) * 10.0 ** rng.uniform(-3, 3, (20, 1)):
+        assert np.all(np.abs(score(q, x64) - score(q, x16)) <= bound)
+    for i in range(len(x)):
+        if metric == "l2":
+            q = x64[i] - 1e3 * r[i]  # on the line through x16 and x, beyond x
+        else:
+            q = r[i] - (r[i] @ x64[i]) / max(x64[i] @ x64[i], 1e-300) * x64[i]
+        if not np.any(q):
+            continue
+        worst[i] = abs(score(q, x64[i : i + 1]) - score(q, x16[i : i + 1]))[0]
+        assert worst[i] <= bound[i]
+    normal = np.abs(x).min(1, initial=np.inf, where=x != 0) > 1e-3  # every element a normal float16
+    normal &= np.all(x != 0, axis=1)
+    assert normal.sum() > 30 and np.all(worst[normal] >= 0.3 * bound[normal])  # measured: 0.37-0.47
+    if metric == "cosine":  # a key float16 rounds to zero: its float32 cosine may be anything
+        zero = ~np.any(x16, axis=1)
+        assert zero.any() and np.all(np.isinf(bound[zero]))
+
+
+@pytest.mark.parametrize("mode", [dict(vector_dtype="float16"), dict(CFG, ann_exact_bytes=0)])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_float16_match_rescores_only_keys_that_can_rank(store_factory, mode, metric):
+    """Match reads from LMDB only the float16 hits whose error bounds reach the k-th: a probe near one key asks
+    top_k=1 and reads that key alone; a key enrolled three times is read thrice and ordered by key id; 30 keys
+    closer together than float16 resolves come back in the float32 order with the float32 scores."""
+    rng = np.random.default_rng(41)
+    gallery = random_keys(1100, seed=31)
+    base = gallery[0]
+    cluster = (base + 1e-4 * rng.standard_normal((30, 18, 512))).astype(np.float32)
+    store = store_factory(**mode)
+    keys = np.concatenate([gallery, base[None], base[None], cluster])
+    ids = enrol(store, keys)
+    store._indexes["enc"].sync()
+    table = store._table
+    noise = (0.05 * rng.standard_normal((2, 18, 512))).astype(np.float32)
+
+    before = table.latents_read
+    r = store.match(MatchQuery.build(gallery[[5, 7]] + noise, "enc", "high:4", metric, top_k=1))
+    assert [p.hits[0].key_id for p in r.results] == [ids[5], ids[7]]
+    assert table.latents_read - before == 2  # k + rerank_extra = 17 per probe before the bounds
+
+    far = rng.standard_normal((18, 512)).astype(np.float32)  # the 33 copies of base tie far below the 1e-4 spread
+    probe = (base + 0.3 * far).astype(np.float32)
+    for subset in ("high:4", "all"):
+        lay = parse_layers(subset)
+        want = oracle(keys, probe, lay, metric)
+        order = np.lexsort((ids, -want if metric == "cosine" else want))[:5]
+        before = table.latents_read
+        hits = store.match(MatchQuery.build(probe[None], "enc", subset, metric, top_k=5)).results[0].hits
+        assert [h.key_id for h in hits] == [ids[i] for i in order]
+        np.testing.assert_allclose([h.score for h in hits], want[order], rtol=1e-12, atol=1e-12)
+        assert 5 < table.latents_read - before <= 5 + store.config.rerank_extra
+
+    before = table.latents_read
+    hits = store.match(MatchQuery.build(base[None], "enc", "high:4", metric, top_k=1)).results[0].hits
+    assert [h.key_id for h in hits] == [ids[0]]  # three equal keys: the lowest id
+    assert table.latents_read - before >= 3
 
 
 def test_codebooks_are_retrained_as_the_store_grows():

@@ -175,7 +175,7 @@ def test_float16_exact_store_equals_oracle_with_and_without_c(store_factory, mon
         layers = parse_layers(subset)
         for metric in ("cosine", "l2"):
             for batch in (probes[:1], probes):  # one probe, and a batch
-                # the index: the float16 oracle; Match: the float32 one (its best k + 16 re-scored from LMDB)
+                # the index: the float16 oracle; Match: the float32 one (its best re-scored from LMDB)
                 r = ix.search(batch, layers, metric, 7, Filter())
                 check_exact(r, g16, np.array(ids), batch, layers, metric, 7, admitted)
                 m = store.match(MatchQuery.build(batch, "enc", subset, metric, top_k=7))

@@ -29,7 +29,9 @@ again with the finer refine codes over the whole subset (the same centred inner 
 per layer of the 32-wide groups; table sums in C, `_f16dot.pq4`, 16 rows per AVX-512 step) and keeps the best
 `refine_keep` of them per probe. Those, plus the buffer's exact best, are scored exactly in float32 from the
 float16 vectors and the best k + rerank_extra re-scored in float64: returned scores are exact values of the
-metric over the stored vectors; only the candidate set is approximate (recall measured in
+metric over the stored vectors, each with a proven bound on how far float16 rounding moved it from the enrolled
+float32 key's (`f16_error_bounds`: the KeyStore re-scores from LMDB only the hits those bounds leave in
+question); only the candidate set is approximate (recall measured in
 benchmarks/bench_scale.py). Filters admitting few rows (fewer than
 `ann_exact_bytes` of float16 to scan) are answered by an exact scan of the admitted rows; broader filters
 (and deletions) fetch proportionally more candidates and drop the excluded ones (flat fast-scan indexes
@@ -137,6 +139,28 @@ def f16_to_f64(src: np.ndarray) -> np.ndarray:
     """Exact float64 values of a float16 array."""
     buf = np.empty(src.shape, np.int32)
     return f16_bits_as_f32(src, buf).astype(np.float64) * 2.0**112
+
+
+def f16_error_bounds(norm16: np.ndarray, n_dims: int, metric: str) -> np.ndarray:
+    """Upper bounds (m,) float64 on |score(q, x) - score(q, x16)| for keys whose float16 vectors over a subset of
+    n_dims values have norms `norm16` (m,), whatever the probe q and the float32 originals x that rounded to them.
+
+    Rounding to nearest moves an element by at most 2**-11 of its float16 value when that is normal and by at most
+    2**-25 when it is subnormal or zero (`to_f16` refuses values float16 cannot hold), so r = x - x16 has
+    ||r|| <= R = 2**-11 ||x16|| + 2**-25 sqrt(n_dims). l2: |d(q, x) - d(q, x16)| <= ||r|| (triangle inequality).
+    cosine: x16 lies within R of x, so the angle between them is at most arcsin(R / ||x||), ||x|| >= ||x16|| - R,
+    and a cosine moves by at most the angle its argument turns; a key whose norm is not above 2R gets +inf. The
+    norms come from float32 squared norms (relative error <= 2**-24), the scores from float64 sums: the slack."""
+    n16 = np.asarray(norm16, np.float64)
+    r = 2.0**-11 * n16 * (1 + 1e-6) + 2.0**-25 * math.sqrt(n_dims)
+    if metric == "l2":
+        bound = r
+    else:
+        low = n16 * (1 - 1e-6) - r  # <= ||x||
+        bound = np.full(len(r), np.inf)
+        ok = low > r
+        bound[ok] = np.arcsin(r[ok] / low[ok])
+    return bound * (1 + 1e-6) + 1e-9
 
 
 def to_f16(latents: np.ndarray) -> np.ndarray:
@@ -777,14 +801,18 @@ class AnnLayerIndex(FilterColumns):
         kout = min(k, searched)
         ids = np.full((nq, kout), -1, np.int64)
         scores = np.zeros((nq, kout), np.float64)
+        bounds = np.zeros((nq, kout), np.float64)
         for i, rows in enumerate(pools):
             rows = np.unique(rows)
             rows = rows[self._alive[rows]]
             if len(rows) == 0:
                 continue
             s = exact_scores(q_all[i], [self._store.layer(layer) for layer in lay], rows, metric)
-            write_ranked(ids[i], scores[i], self._ids[rows], s, metric)
-        return SearchResult(ids, scores, searched)
+            order = write_ranked(ids[i], scores[i], self._ids[rows], s, metric)
+            kept = rows[order]
+            norm16 = np.sqrt(self._norm2[np.ix_(lay, kept)].sum(0, dtype=np.float64))  # (<= k,) of the float16 vectors
+            bounds[i, : len(kept)] = f16_error_bounds(norm16, len(lay) * DIM, metric)
+        return SearchResult(ids, scores, searched, bounds)
 
     # -- background training and merging -----------------------------------------------------------
     def _notify(self) -> None:

@@ -45,7 +45,8 @@ class StoreConfig:
     max_probes: int = 1024  # largest probe batch in one Match
     max_batch: int = 4096  # largest number of keys in one Enroll
     rebuild_batch: int = 4096  # keys read from LMDB per index add at start-up
-    rerank_extra: int = 16  # candidates beyond top_k re-scored in float64 before the final order
+    rerank_extra: int = 16  # candidates beyond top_k re-scored in float64 before the final order (float16 modes:
+    #                         those within float16's error bound of the k-th are read again from the float32 keys)
     # -- ann mode (defaults measured in benchmarks/RESULTS.md) --
     ann_pq_m: int = 64  # 4-bit PQ sub-quantisers per layer (single layers and groups without "/m"): m/2 bytes per
     #                     key and layer (64 -> 32 B, 8 dims each)

@@ -219,17 +219,21 @@ class KeyStore:
 
     def _rescore_float32(self, found: SearchResult, probes: np.ndarray, layers: tuple[int, ...], metric: str,
                          k: int) -> SearchResult:
-        """The float16 index's best k + rerank_extra per probe, scored again in float64 from the float32 keys in
-        LMDB and cut to k, ordered by (score, key id): returned scores and order are those of the enrolled
-        float32 values (as in the float32 exact mode), so float16 storage cannot reorder near-ties."""
-        wanted = sorted({int(i) for i in found.ids.ravel() if i >= 0})
-        latents = self._table.get_latents(wanted, layers)  # {id: (|S|, 512) float32}
+        """The float16 index's best k + rerank_extra per probe cut to k, ordered by (score, key id) as the enrolled
+        float32 values rank them and with their float32 scores (as in the float32 exact mode): float16 storage
+        cannot reorder near-ties. Only keys that can be in that answer are read from LMDB (at 1M keys mostly from
+        the disk): the best k by float16 score, and others whose float16 score comes within the error bounds
+        (`ann.f16_error_bounds`) of the worst of those k; any other key's float32 score is strictly worse than k
+        read ones, so it cannot rank among the k."""
+        reads = [_needed(ids, s16, b, k, metric) for ids, s16, b in
+                 zip(found.ids, found.scores, _bounds_of(found))]  # per probe, the key ids to re-score
+        latents = self._table.get_latents(sorted({int(i) for r in reads for i in r}), layers)  # {id: (|S|, 512)}
         kout = min(k, found.ids.shape[1])
         ids = np.full((len(probes), kout), -1, np.int64)
         scores = np.zeros((len(probes), kout), np.float64)
         q_all = np.ascontiguousarray(probes[:, list(layers)], np.float32)  # (Q, |S|, 512)
-        for i, row in enumerate(found.ids):
-            key_ids = np.array([int(j) for j in row if j >= 0 and int(j) in latents], np.int64)
+        for i, wanted in enumerate(reads):
+            key_ids = np.array([j for j in wanted if j in latents], np.int64)  # a key deleted meanwhile is absent
             if len(key_ids) == 0:
                 continue
             x = np.stack([latents[int(j)] for j in key_ids])  # (m, |S|, 512)
@@ -352,6 +356,27 @@ _ROTATION_UPTO = b"rotation_upto"
 
 def _fingerprint(transform: Optional[LatentTransform]) -> str:
     return transform.fingerprint if transform is not None else "none"
+
+
+def _bounds_of(found: SearchResult) -> np.ndarray:
+    """Per-hit error bounds of a float16 search (+inf where the index gives none: every hit is then re-scored)."""
+    return found.bounds if found.bounds is not None else np.full(found.scores.shape, np.inf)
+
+
+def _needed(ids: np.ndarray, s16: np.ndarray, bound: np.ndarray, k: int, metric: str) -> list[int]:
+    """Key ids among one probe's float16 hits (best first) that can be in the float32 top k: the first k, and each
+    later hit whose best case (score +- bound) reaches the worst case of one of those k."""
+    valid = ids >= 0
+    ids, s16, bound = ids[valid], s16[valid], bound[valid]
+    if len(ids) <= k:
+        return [int(i) for i in ids]
+    if metric == "cosine":  # higher is better
+        floor = np.min(s16[:k] - bound[:k])  # each of the first k scores at least this in float32
+        later = s16[k:] + bound[k:] >= floor
+    else:
+        floor = np.max(s16[:k] + bound[:k])  # ... at most this distance
+        later = s16[k:] - bound[k:] <= floor
+    return [int(i) for i in ids[:k]] + [int(i) for i in ids[k:][later]]
 
 
 def _is_ann(index: VectorIndex) -> bool:

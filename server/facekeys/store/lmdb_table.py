@@ -101,6 +101,7 @@ class LmdbTable:
         self.read_threads = read_threads
         self._readers: Optional[ThreadPoolExecutor] = None
         self._readers_lock = threading.Lock()
+        self.latents_read = 0  # keys get_latents was asked for since open (the float32 re-scores' reads)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -238,12 +239,14 @@ class LmdbTable:
         opened without readahead (MDB_NORDAHEAD: this box reads ahead 8 MB per fault), so an uncached value is
         ten disk reads one after another. When the first key's read had to go to the disk (a major fault), the
         rest are read by `read_threads` threads at once: at 1M keys the 37 GB of values do not fit in RAM beside
-        the float16 index, and a Match's k + 16 values are read cold. 26 uncached values of 100k-200k: 15-21 ms
+        the float16 index, and a Match's (up to k + 16) values are read cold. 26 uncached values of 100k-200k: 15-21 ms
         one after another, 5-7 ms with 16 threads (8: 7-7.4, 32: 6.4-6.9; `benchmarks/bench_lmdb_reads.py`)."""
         lay = list(layers)
         ids = list(key_ids)
         if not ids:
             return {}
+        with self._readers_lock:
+            self.latents_read += len(ids)
         before = _major_faults()
         out = self._read_latents(ids[:1], lay)
         rest = ids[1:]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import faiss
 import numpy as np
@@ -71,6 +71,8 @@ class SearchResult:
     ids: np.ndarray  # (Q, k') int64, best first; k' <= k
     scores: np.ndarray  # (Q, k') float64
     searched: int  # keys admitted by the filter
+    bounds: Optional[np.ndarray] = None  # (Q, k') float64: |score - the enrolled (float32) key's score| <= bound,
+    #                                        from indexes that keep rounded vectors; None: the scores are exact
 
 
 class VectorIndex(Protocol):
@@ -448,12 +450,13 @@ class FlatLayerIndex(FilterColumns):
         return SearchResult(ids, scores, searched)
 
 
-def write_ranked(ids: np.ndarray, scores: np.ndarray, key_ids: np.ndarray, s: np.ndarray, metric: str) -> None:
+def write_ranked(ids: np.ndarray, scores: np.ndarray, key_ids: np.ndarray, s: np.ndarray, metric: str) -> np.ndarray:
     """One probe's output row (ids, scores: (k,)) <- the k best of the scored keys, best first, ties by key id
-    (the order every index and Match return)."""
+    (the order every index and Match return). Returns the positions in key_ids / s written."""
     order = np.lexsort((key_ids, -s if metric == "cosine" else s))[: len(ids)]
     ids[: len(order)] = key_ids[order]
     scores[: len(order)] = s[order]
+    return order
 
 
 def _costs(ip: np.ndarray, norm2: Sequence[np.ndarray], rows, metric: str) -> np.ndarray:
