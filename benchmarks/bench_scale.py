@@ -90,6 +90,15 @@ class Workload:
         eps += self.cfg.nuisance_scale * np.einsum("nr,rld->nld", coef, self.basis)
         return (centres + noise * eps).astype(np.float32)
 
+    def unseen_probes(self, genuine: int, impostors: int) -> np.ndarray:
+        """(genuine + impostors, 18, 512) probes no other part of the run uses: genuine ones of the identities from
+        CHUNK on (`probes` holds those of the first ones), then new impostors."""
+        start = CHUNK if self.n > CHUNK + genuine else 0
+        centres = self._centres(np.random.default_rng([self.seed, 1, start]), start)[:genuine]
+        rng = np.random.default_rng([self.seed, 4])
+        return np.concatenate([self._draw(rng, centres, self.cfg.probe_noise),
+                               self._draw(rng, self._fresh_centres(rng, impostors), self.cfg.probe_noise)])
+
     def chunks(self):
         """(start, gallery chunk (m, 18, 512) float32): key i is identity i."""
         for s in range(0, self.n, CHUNK):
@@ -346,7 +355,7 @@ def run_keystore(args, lines):
                         f"{int(miss[genuine].sum())}+{int(miss[~genuine].sum())}")
     q = MatchQuery.build(wl.probes[:1], "bench", "high:4", "cosine", top_k=10)
     lat = timed(lambda: store.match(q), 3, 50)
-    distinct = match_distinct(store, ix, wl.probes)
+    distinct = match_distinct(store, ix, wl.unseen_probes(100, 50))
     t2 = time.perf_counter()
     store.close()
     t_close = time.perf_counter() - t2
@@ -374,10 +383,10 @@ def run_keystore(args, lines):
 
 
 def match_distinct(store, ix, probes) -> list[str]:
-    """Match high:4 cosine once per probe, each a different probe, top_k=10 for even probes and 1 for odd ones:
-    every Match re-scores from the float32 values in LMDB those of the index's best k + 16 that can rank (the
-    float16 error bounds), and at 1M keys those values are mostly not in the page cache (the major faults say
-    so); then the float16 index alone on the same probes (no LMDB)."""
+    """Match high:4 cosine once per probe, each a different probe none of the run's other Matches used, top_k=10
+    for even probes and 1 for odd ones: every Match re-scores from the float32 values in LMDB those of the index's
+    best k + 16 that can rank (the float16 error bounds), and at 1M keys those values are mostly not in the page
+    cache (the major faults say so); then the float16 index alone on the same probes (no LMDB)."""
     from facekeys.records import MatchQuery
 
     table = store._table
