@@ -2,14 +2,14 @@
 
     python benchmarks/bench_lmdb_reads.py --n 200000 --workdir /tmp/lmdb-reads
 
-Match re-scores up to k + 16 of the float16 index's best keys from the float32 latents in LMDB (`LmdbTable.get_latents`).
-At 1M keys those values are 37 GB and do not fit in RAM beside the float16 files, so a Match reads them from
-disk. This writes N keys through `LmdbTable.put`, then for each setting evicts the file from the page cache
-(fsync + posix_fadvise DONTNEED, the table closed) and times `get_latents` of `--keys` random keys (distinct in
-every fetch; `--layers` coarsest layers) `--repeats` times: the B-tree starts cold as well, its upper pages warm
-up within the first fetches. Settings: `read_threads=1` (every value read after the previous one) and the
-default (`READ_THREADS` threads once the first value was not cached), alternating so that drifts of the disk
-show. Then the same settings and keys again, each run's keys read once untimed first (cached).
+Match re-scores up to k + 16 of the float16 index's best keys from the float32 latents in LMDB
+(`LmdbTable.get_latents`). At 1M keys those values are 37 GB and do not fit in RAM beside the float16 files, so a
+Match reads them from disk. This writes N keys through `LmdbTable.put`, then for each setting evicts the file
+from the page cache (fsync + posix_fadvise DONTNEED, the table closed) and times `get_latents` of `--keys` random
+keys (distinct in every fetch; `--layers` coarsest layers) `--repeats` times: the B-tree starts cold as well, its
+upper pages warm up within the first fetches. Settings: `read_threads=1` (every value read after the previous
+one) and the default (`READ_THREADS` threads once the first value was not cached), alternating so that drifts of
+the disk show. Then the same settings and keys again, each run's keys read once untimed first (cached).
 """
 
 from __future__ import annotations

@@ -365,7 +365,7 @@ def _bounds_of(found: SearchResult) -> np.ndarray:
 
 def _needed(ids: np.ndarray, s16: np.ndarray, bound: np.ndarray, k: int, metric: str) -> list[int]:
     """Key ids among one probe's float16 hits (best first) that can be in the float32 top k: the first k, and each
-    later hit whose best case (score +- bound) reaches the worst case of one of those k."""
+    later hit whose best case (score +- bound) reaches the lowest of those k's worst cases."""
     valid = ids >= 0
     ids, s16, bound = ids[valid], s16[valid], bound[valid]
     if len(ids) <= k:
