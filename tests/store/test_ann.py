@@ -360,10 +360,16 @@ def test_f16_error_bounds_hold_and_are_near_the_worst_case(metric, d):
 
 @pytest.mark.parametrize("mode", [dict(vector_dtype="float16"), dict(CFG, ann_exact_bytes=0)])
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_float16_match_rescores_only_keys_that_can_rank(store_factory, mode, metric):
+@pytest.mark.parametrize("margin", [None, -1e9, 1e9])
+def test_float16_match_rescores_only_keys_that_can_rank(store_factory, monkeypatch, mode, metric, margin):
     """Match reads from LMDB only the float16 hits whose error bounds reach the k-th: a probe near one key asks
     top_k=1 and reads that key alone; a key enrolled three times is read thrice and ordered by key id; 30 keys
-    closer together than float16 resolves come back in the float32 order with the float32 scores."""
+    closer together than float16 resolves come back in the float32 order with the float32 scores. The same when
+    the first read takes only the best k (margin -1e9: the rest come in a second read) or every hit (1e9)."""
+    from facekeys.store import keystore
+
+    if margin is not None:
+        monkeypatch.setattr(keystore, "FIRST_READ_MARGIN", margin)
     rng = np.random.default_rng(41)
     gallery = random_keys(1100, seed=31)
     base = gallery[0]
@@ -378,7 +384,7 @@ def test_float16_match_rescores_only_keys_that_can_rank(store_factory, mode, met
     before = table.latents_read
     r = store.match(MatchQuery.build(gallery[[5, 7]] + noise, "enc", "high:4", metric, top_k=1))
     assert [p.hits[0].key_id for p in r.results] == [ids[5], ids[7]]
-    assert table.latents_read - before == 2  # k + rerank_extra = 17 per probe before the bounds
+    assert table.latents_read - before == 2 or margin == 1e9  # k + rerank_extra = 17 per probe without the bounds
 
     far = rng.standard_normal((18, 512)).astype(np.float32)  # the 33 copies of base tie far below the 1e-4 spread
     probe = (base + 0.3 * far).astype(np.float32)
