@@ -230,8 +230,8 @@ class KeyStore:
                 for ids, s16, b in zip(found.ids, found.scores, _bounds_of(found))]  # per probe, best first
         q_all = np.ascontiguousarray(probes[:, list(layers)], np.float32)  # (Q, |S|, 512)
         scored: list[dict[int, float]] = [{} for _ in hits]  # per probe, {key id: float32 score} of the hits read
-        tried: set[int] = set()  # asked of LMDB (a key deleted meanwhile is absent from `values`)
-        values: dict[int, np.ndarray] = {}  # {key id: (|S|, 512) float32}
+        tried: set[int] = set()  # asked of LMDB; a key deleted meanwhile is absent from `values`
+        values: dict[int, np.ndarray] = {}  # {key id: (|S|, 512) float32}, every round's (other probes score them too)
         want = [_first_reads(h, k, metric) for h in hits]
         while any(want):
             new = sorted({j for w in want for j in w} - tried)
@@ -243,7 +243,8 @@ class KeyStore:
                     x = np.stack([values[int(j)] for j in key_ids])  # (m, |S|, 512)
                     views = [np.ascontiguousarray(x[:, j, :]) for j in range(x.shape[1])]
                     scored[i].update(zip(key_ids.tolist(), exact_scores(q_all[i], views, np.arange(len(x)), metric)))
-            want = [_unsettled(h, sc, tried, k, metric) for h, sc in zip(hits, scored)]
+            gone = tried - values.keys()
+            want = [_unsettled(h, sc, gone, k, metric) for h, sc in zip(hits, scored)]
         kout = min(k, found.ids.shape[1])
         ids = np.full((len(probes), kout), -1, np.int64)
         scores = np.zeros((len(probes), kout), np.float64)
@@ -392,11 +393,12 @@ def _first_reads(hit: tuple, k: int, metric: str) -> list[int]:
     return ids[:k].tolist() + ids[k:][later].tolist()
 
 
-def _unsettled(hit: tuple, scored: dict[int, float], tried: set[int], k: int, metric: str) -> list[int]:
-    """Hits not read yet whose best case (float16 score +- bound) reaches the k-th best float32 score read: they
-    could rank among the k. With fewer than k read (keys deleted meanwhile), every hit not read."""
+def _unsettled(hit: tuple, scored: dict[int, float], gone: set[int], k: int, metric: str) -> list[int]:
+    """Hits not scored yet for this probe (and not deleted meanwhile: `gone`) whose best case (float16 score +-
+    bound) reaches the k-th best float32 score scored: they could rank among the k. With fewer than k scored (keys
+    deleted meanwhile), every such hit."""
     ids, s16, bound = hit
-    left = np.array([j not in tried for j in ids.tolist()], bool)
+    left = np.array([j not in scored and j not in gone for j in ids.tolist()], bool)
     if not left.any():
         return []
     got = np.array(list(scored.values()))
