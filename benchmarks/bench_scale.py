@@ -92,7 +92,7 @@ class Workload:
 
     def unseen_probes(self, genuine: int, impostors: int) -> np.ndarray:
         """(genuine + impostors, 18, 512) probes no other part of the run uses: genuine ones of the identities from
-        CHUNK on (`probes` holds those of the first ones), then new impostors."""
+        CHUNK on (`probes` holds those of the first ones; N <= CHUNK + genuine reuses those), then new impostors."""
         start = CHUNK if self.n > CHUNK + genuine else 0
         centres = self._centres(np.random.default_rng([self.seed, 1, start]), start)[:genuine]
         rng = np.random.default_rng([self.seed, 4])
