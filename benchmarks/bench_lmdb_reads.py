@@ -1,4 +1,5 @@
-"""Uncached latent reads from LMDB (the float32 re-score of a Match): one after another, or by reader threads.
+"""Uncached latent reads from LMDB (the float32 re-score of a Match): one after another, by reader threads, or
+read ahead at once from their places in the data file.
 
     python benchmarks/bench_lmdb_reads.py --n 200000 --workdir /tmp/lmdb-reads
 
@@ -8,8 +9,10 @@ Match reads them from disk. This writes N keys through `LmdbTable.put`, then for
 from the page cache (fsync + posix_fadvise DONTNEED, the table closed) and times `get_latents` of `--keys` random
 keys (distinct in every fetch; `--layers` coarsest layers) `--repeats` times: the B-tree starts cold as well, its
 upper pages warm up within the first fetches. Settings: `read_threads=1` (every value read after the previous
-one) and the default (`READ_THREADS` threads once the first value was not cached), alternating so that drifts of
-the disk show. Then the same settings and keys again, each run's keys read once untimed first (cached).
+one), `READ_THREADS` threads once the first value was not cached, both with `prefetch=False`, and the default
+(`prefetch=True`: the uncached values' pages asked of the kernel at once, then read in one thread), in turn so
+that drifts of the disk show. Then the same settings and keys again, each run's keys read once untimed first
+(cached).
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ def main():
     ap.add_argument("--workdir", default="/tmp/facekeys-lmdb-reads")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.n < args.keys * args.repeats * 4:
-        sys.exit(f"--n must be at least keys x repeats x 4 = {args.keys * args.repeats * 4} (distinct keys per fetch)")
+    if args.n < args.keys * args.repeats * 6:
+        sys.exit(f"--n must be at least keys x repeats x 6 = {args.keys * args.repeats * 6} (distinct keys per fetch)")
     root = Path(args.workdir) / "lmdb"
     shutil.rmtree(root, ignore_errors=True)
     map_size = int(args.n * 40_000 * 1.3) + (256 << 20)
@@ -70,19 +73,21 @@ def main():
     size = sum(f.stat().st_size for f in root.glob("*.mdb"))
     lines = machine_lines(args) + [
         f"- {args.n:,} keys written through LmdbTable.put in {t_write:.0f} s; data file {gb(size)}",
-        "", "| reader threads | pages | fetch of keys x layers | p50 ms | p90 ms | max ms | major faults per fetch |",
-        "|---|---|---|---|---|---|---|"]
-    order = rng.permutation(args.n)[: args.keys * args.repeats * 4] + 1  # key ids are 1..n, each read once
-    runs = [(threads, cached) for cached in (False, True) for threads in (1, READ_THREADS, 1, READ_THREADS)]
-    for i, (threads, cached) in enumerate(runs):
+        "", "| read | pages | fetch of keys x layers | p50 ms | p90 ms | max ms | major faults per fetch "
+        "| values read ahead per fetch |", "|---|---|---|---|---|---|---|---|"]
+    settings = [(1, False), (READ_THREADS, False), (1, True)] * 2  # (read_threads, prefetch)
+    per_run = args.keys * args.repeats
+    order = rng.permutation(args.n)[: per_run * len(settings)] + 1  # key ids are 1..n, each read once
+    runs = [(threads, prefetch, cached) for cached in (False, True) for threads, prefetch in settings]
+    for i, (threads, prefetch, cached) in enumerate(runs):
         if not cached:
             evict(root)
-        table = LmdbTable(root, map_size=map_size, durable=False, read_threads=threads)
-        ids = order[(i % 4) * args.keys * args.repeats : (i % 4 + 1) * args.keys * args.repeats]
+        table = LmdbTable(root, map_size=map_size, durable=False, read_threads=threads, prefetch=prefetch)
+        ids = order[(i % len(settings)) * per_run : (i % len(settings) + 1) * per_run]
         if cached:  # the same fetches once untimed: their pages are then in the page cache
             for fetch in ids.reshape(args.repeats, -1):
                 table.get_latents(sorted(int(k) for k in fetch), range(args.layers))
-        ts, faults = [], []
+        ts, faults, advised0 = [], [], table.latents_advised
         for fetch in ids.reshape(args.repeats, -1):
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
             t = time.perf_counter()
@@ -91,10 +96,13 @@ def main():
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_majflt - f0)
             if len(got) != len(fetch):
                 sys.exit(f"expected {len(fetch)} latents, got {len(got)}")
+        advised = table.latents_advised - advised0
         table.close()
         ts = np.array(ts) * 1e3
-        lines.append(f"| {threads} | {'cached' if cached else 'evicted'} | {args.keys} x {args.layers} "
-                     f"| {np.median(ts):.2f} | {np.percentile(ts, 90):.2f} | {ts.max():.2f} | {np.mean(faults):.1f} |")
+        how = "read ahead at once" if prefetch else f"{threads} thread{'s' if threads > 1 else ''}"
+        lines.append(f"| {how} | {'cached' if cached else 'evicted'} | {args.keys} x {args.layers} "
+                     f"| {np.median(ts):.2f} | {np.percentile(ts, 90):.2f} | {ts.max():.2f} | {np.mean(faults):.1f} "
+                     f"| {advised / args.repeats:.1f} |")
         print(lines[-1], flush=True)
     shutil.rmtree(root, ignore_errors=True)
     text = "\n".join(lines) + "\n"

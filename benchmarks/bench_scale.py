@@ -386,18 +386,19 @@ def match_distinct(store, ix, probes) -> list[str]:
     """Match high:4 cosine once per probe, each a different probe none of the run's other Matches used, top_k=10
     for even probes and 1 for odd ones: every Match re-scores from the float32 values in LMDB those of the index's
     best k + 16 that can rank (the float16 error bounds), and at 1M keys those values are mostly not in the page
-    cache (the major faults say so); then the float16 index alone on the same probes (no LMDB)."""
+    cache (the major faults and the values read ahead say so); then the float16 index alone on the same probes."""
     from facekeys.records import MatchQuery
 
     table = store._table
     lay = parse_layers("high:4")
-    lat, faults, reads = ([], []), ([], []), ([], [])  # [0]: even probes, top_k=10; [1]: odd, top_k=1
+    lat, faults, reads, ahead = ([], []), ([], []), ([], []), ([], [])  # [0]: even probes, top_k=10; [1]: odd, 1
     for i in range(len(probes)):
         q = MatchQuery.build(probes[i : i + 1], "bench", "high:4", "cosine", top_k=1 if i % 2 else 10)
-        f0, r0 = resource.getrusage(resource.RUSAGE_SELF).ru_majflt, table.latents_read
+        f0, r0, a0 = resource.getrusage(resource.RUSAGE_SELF).ru_majflt, table.latents_read, table.latents_advised
         lat[i % 2].append(timed(lambda q=q: store.match(q), 0, 1)[0])
         faults[i % 2].append(resource.getrusage(resource.RUSAGE_SELF).ru_majflt - f0)
         reads[i % 2].append(table.latents_read - r0)
+        ahead[i % 2].append(table.latents_advised - a0)
     k = 10 + store.config.rerank_extra
     alone = [timed(lambda i=i: ix.search(probes[i : i + 1], lay, "cosine", k, Filter()), 0, 1)[0]
              for i in range(len(probes))]
@@ -406,8 +407,8 @@ def match_distinct(store, ix, probes) -> list[str]:
         a, top_k = np.array(lat[odd]) * 1e3, 1 if odd else 10
         out.append(f"- Match high:4 cosine top-{top_k}, {len(a)} different probes: p50 {np.median(a):.1f} ms, "
                    f"p99 {np.percentile(a, 99):.1f} ms; float32 values read per Match {np.mean(reads[odd]):.1f} "
-                   f"(max {max(reads[odd])}, of the index's {top_k + store.config.rerank_extra}), "
-                   f"{np.mean(faults[odd]):.0f} major faults per Match")
+                   f"(max {max(reads[odd])}, of the index's {top_k + store.config.rerank_extra}), of them read ahead "
+                   f"at once {np.mean(ahead[odd]):.1f}; {np.mean(faults[odd]):.0f} major faults per Match")
     a = np.array(alone) * 1e3
     out.append(f"- the float16 index alone on the same {len(a)} probes (top {k}, no LMDB): p50 {np.median(a):.1f} ms, "
                f"p99 {np.percentile(a, 99):.1f} ms")

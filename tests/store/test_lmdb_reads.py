@@ -1,5 +1,6 @@
-"""LmdbTable.get_latents: the selected layers of the stored float32 keys, one after another or by reader threads
-when the values are not cached (a real LMDB in a temp dir)."""
+"""LmdbTable.get_latents: the selected layers of the stored float32 keys, read ahead at once from their places in
+the data file, or one after another / by reader threads when the values are not cached (a real LMDB in a temp
+dir)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from facekeys.errors import InvalidArgument
 from facekeys.records import NewKey, Where
-from facekeys.store import lmdb_table
+from facekeys.store import lmdb_pages, lmdb_table
 from facekeys.store.lmdb_table import LmdbTable
 
 N = 300
@@ -35,10 +36,23 @@ def check(got, x, ids, wanted, layers):
         assert got[key_id].dtype == np.float32 and got[key_id].flags.c_contiguous
 
 
-@pytest.mark.parametrize("threads", [1, lmdb_table.READ_THREADS])
-def test_selected_layers_of_every_present_key(stored, threads):
+def evict(path):
+    """Drop the closed table's files from the page cache; False where the file system keeps them (tmpfs)."""
+    for f in path.glob("*.mdb"):
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    data = lmdb_pages.ValueLocator(path / "data.mdb", 4096)  # maps the file, reads nothing
+    kept = data.cached((0, (path / "data.mdb").stat().st_size))
+    data.close()
+    return not kept
+
+
+@pytest.mark.parametrize("threads,prefetch", [(1, False), (lmdb_table.READ_THREADS, False), (1, True)])
+def test_selected_layers_of_every_present_key(stored, threads, prefetch):
     path, x, ids = stored
-    t = LmdbTable(path, MAP, read_threads=threads)
+    t = LmdbTable(path, MAP, read_threads=threads, prefetch=prefetch)
     wanted = ids[::7]
     got = t.get_latents(wanted + [10**9], (0, 1, 2, 3))  # an absent key is left out
     check(got, x, ids, wanted, (0, 1, 2, 3))
@@ -52,13 +66,13 @@ def test_reader_threads_once_the_first_value_came_from_disk(stored, monkeypatch)
     path, x, ids = stored
     faults = iter(range(10**6))
     monkeypatch.setattr(lmdb_table, "_major_faults", lambda: next(faults))  # every read "faulted"
-    t = LmdbTable(path, MAP)
+    t = LmdbTable(path, MAP, prefetch=False)
     wanted = ids[3:200:3]
     check(t.get_latents(wanted, range(18)), x, ids, wanted, range(18))
     assert t._readers is not None  # the threaded path ran
     t.close()
     monkeypatch.setattr(lmdb_table, "_major_faults", lambda: 0)  # cached: no faults, no threads
-    t = LmdbTable(path, MAP)
+    t = LmdbTable(path, MAP, prefetch=False)
     check(t.get_latents(wanted, (1,)), x, ids, wanted, (1,))
     assert t._readers is None
     t.close()
@@ -68,22 +82,40 @@ def test_uncached_values_are_detected(stored):
     """Evicted from the page cache, the first read is a major fault and the threads take over (skipped where
     the file system keeps its pages, e.g. tmpfs)."""
     path, x, ids = stored
-    if not hasattr(resource, "RUSAGE_THREAD") or not hasattr(os, "posix_fadvise"):
-        pytest.skip("needs Linux getrusage(RUSAGE_THREAD) and posix_fadvise")
-    for f in path.glob("*.mdb"):
-        fd = os.open(f, os.O_RDONLY)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-    t = LmdbTable(path, MAP)
+    if not hasattr(resource, "RUSAGE_THREAD") or not lmdb_pages.SUPPORTED:
+        pytest.skip("needs Linux getrusage(RUSAGE_THREAD), posix_fadvise and mincore")
+    if not evict(path):
+        pytest.skip("the file system kept the evicted pages")
+    t = LmdbTable(path, MAP, prefetch=False)
     before = lmdb_table._major_faults()
     wanted = ids[1::2]
     got = t.get_latents(wanted, (0, 1))
-    if lmdb_table._major_faults() == before and t._readers is None:
-        t.close()
-        pytest.skip("the file system kept the evicted pages")
+    assert lmdb_table._major_faults() > before
     check(got, x, ids, wanted, (0, 1))
-    assert t._readers is not None
+    assert t._readers is not None and t.latents_advised == 0
+    t.close()
+
+
+def test_uncached_values_are_read_ahead_at_once(stored):
+    """prefetch: once a read went to the disk, every uncached value is asked of the kernel before the reads, and
+    only those; the values are the stored ones and the reader threads stay idle. A call that finds everything
+    cached ends the read-ahead."""
+    path, x, ids = stored
+    if not lmdb_pages.SUPPORTED:
+        pytest.skip("needs posix_fadvise and mincore")
+    if not evict(path):
+        pytest.skip("the file system kept the evicted pages")
+    t = LmdbTable(path, MAP)
+    wanted = ids[1::2]
+    check(t.get_latents(wanted + [10**9], (0, 1)), x, ids, wanted, (0, 1))
+    assert t.latents_advised == len(wanted) - 1  # the first was read to find the disk; the absent key has no place
+    mixed = ids[3:40]  # half of them read ahead above (whole values), so cached now
+    check(t.get_latents(mixed, range(18)), x, ids, mixed, range(18))
+    assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2])
+    for _ in range(2):  # all cached: nothing asked for, and the next call does not look
+        check(t.get_latents(mixed[:30], (5,)), x, ids, mixed[:30], (5,))
+        assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2])
+    assert not t._values_cold and t._readers is None
     t.close()
 
 

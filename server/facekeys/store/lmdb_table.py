@@ -32,6 +32,7 @@ from facekeys.dims import KEY_SHAPE
 from facekeys.errors import FacekeysError, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 from facekeys.records import KeyRecord, NewKey, Obfuscation, Where
+from facekeys.store.lmdb_pages import SUPPORTED, ValueLocator
 
 class ValueCipher(Protocol):
     """Seals values under a per-identity key (facekeys.security.crypto.Keyring implements it)."""
@@ -95,13 +96,15 @@ class StoredMeta:
 
 class LmdbTable:
     def __init__(self, path: Path, map_size: int, durable: bool = True, cipher: Optional[ValueCipher] = None,
-                 read_threads: int = READ_THREADS):
+                 read_threads: int = READ_THREADS, prefetch: bool = True):
         if read_threads < 1:
             raise InvalidArgument(f"read_threads must be >= 1, got {read_threads}")
         self.read_threads = read_threads
         self._readers: Optional[ThreadPoolExecutor] = None
         self._readers_lock = threading.Lock()
         self.latents_read = 0  # keys get_latents was asked for since open (the float32 re-scores' reads)
+        self.latents_advised = 0  # of those, uncached values whose pages were asked of the kernel at once
+        self._values_cold = False  # the last read ahead found uncached values: read ahead from the first key on
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -114,6 +117,8 @@ class LmdbTable:
         self._boxes = self.env.open_db(b"boxes")
         self._ident = self.env.open_db(b"ident")
         self._counters = self.env.open_db(b"counters")
+        # get_latents' read-ahead of uncached values (None: the platform or the build cannot place them)
+        self._locator = ValueLocator(path / "data.mdb", self.env.stat()["psize"]) if prefetch and SUPPORTED else None
         self._cipher = cipher
         self.check_marker("encryption", f"aes-gcm:{cipher.fingerprint}" if cipher else "none")
 
@@ -140,6 +145,8 @@ class LmdbTable:
     def close(self) -> None:
         if self._readers is not None:
             self._readers.shutdown(wait=True)
+        if self._locator is not None:
+            self._locator.close()
         self.env.close()
 
     # -- value sealing ----------------------------------------------------------------------------
@@ -237,25 +244,54 @@ class LmdbTable:
 
         A value spans ten 4 KB overflow pages and py-lmdb's get touches every one (GIL released); the map is
         opened without readahead (MDB_NORDAHEAD: this box reads ahead 8 MB per fault), so an uncached value is
-        ten disk reads one after another. When the first key's read had to go to the disk (a major fault), the
-        rest are read by `read_threads` threads at once: at 1M keys the 37 GB of values do not fit in RAM beside
-        the float16 index, and a Match's (up to k + 16) values are read cold. 26 uncached values of 100k-200k: 15-21 ms
-        one after another, 5-7 ms with 16 threads (8: 7-7.4, 32: 6.4-6.9; `benchmarks/bench_lmdb_reads.py`)."""
+        ten disk reads one after another. At 1M keys the 37 GB of values do not fit in RAM beside the float16
+        index, and a Match's values are mostly read cold. So once values come from the disk (the first key's read
+        took a major fault, or the last call found uncached values), `_read_ahead` finds the values' places in
+        the data file and asks the kernel for every uncached one at once before reading them. Without a value
+        locator (`prefetch=False`, or a platform without posix_fadvise and mincore) the rest are read by
+        `read_threads` threads at once instead. 26 uncached values of 200k, B-tree pages cold too: 13-16 ms
+        one after another, 8 ms with 16 threads, 5-7 ms read ahead; cached 0.3-0.5 ms
+        (`benchmarks/bench_lmdb_reads.py`)."""
         lay = list(layers)
         ids = list(key_ids)
         if not ids:
             return {}
         with self._readers_lock:
             self.latents_read += len(ids)
+        if self._locator is not None and self._values_cold:
+            return self._read_ahead(ids, lay)
         before = _major_faults()
-        out = self._read_latents(ids[:1], lay)
+        out = self._read_latents(None, ids[:1], lay)
         rest = ids[1:]
-        if rest and self.read_threads > 1 and _major_faults() > before:
-            parts = [rest[i :: self.read_threads] for i in range(min(self.read_threads, len(rest)))]
-            for part in self._reader_pool().map(lambda p: self._read_latents(p, lay), parts):
-                out.update(part)
+        if rest and _major_faults() > before:
+            out.update(self._read_ahead(rest, lay) if self._locator is not None else self._read_threaded(rest, lay))
         elif rest:
-            out.update(self._read_latents(rest, lay))
+            out.update(self._read_latents(None, rest, lay))
+        return out
+
+    def _read_ahead(self, key_ids: list[int], lay: list[int]) -> dict[int, np.ndarray]:
+        """Read `key_ids` in one transaction after asking the kernel for all their uncached pages at once (their
+        places in the data file read from the transaction's B-tree pages; `lmdb_pages.ValueLocator`). Keeps
+        reading ahead on later calls while it finds uncached values."""
+        with self.env.begin(buffers=True) as txn:
+            where = self._locator.locate(txn.id(), b"latent", [_k(i) for i in key_ids])
+            if all(w is None for w in where):  # nothing placed (absent keys, or the snapshot moved on)
+                self._values_cold = False
+                return self._read_threaded(key_ids, lay)
+            advised = self._locator.advise([w for w in where if w is not None and not self._locator.cached(w)])
+            self._values_cold = advised > 0
+            with self._readers_lock:
+                self.latents_advised += advised
+            return self._read_latents(txn, key_ids, lay)
+
+    def _read_threaded(self, key_ids: list[int], lay: list[int]) -> dict[int, np.ndarray]:
+        """Read `key_ids` split over the reader threads (each waits on the disk, not the CPU)."""
+        if len(key_ids) < 2 or self.read_threads < 2:
+            return self._read_latents(None, key_ids, lay)
+        parts = [key_ids[i :: self.read_threads] for i in range(min(self.read_threads, len(key_ids)))]
+        out = {}
+        for part in self._reader_pool().map(lambda p: self._read_latents(None, p, lay), parts):
+            out.update(part)
         return out
 
     def _reader_pool(self) -> ThreadPoolExecutor:
@@ -264,20 +300,22 @@ class LmdbTable:
                 self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="lmdb-read")
             return self._readers
 
-    def _read_latents(self, key_ids: Sequence[int], lay: list[int]) -> dict[int, np.ndarray]:
-        """get_latents of `key_ids` in one read transaction, one after another. Unencrypted values are sliced in
-        place (only the selected layers are copied)."""
+    def _read_latents(self, txn, key_ids: Sequence[int], lay: list[int]) -> dict[int, np.ndarray]:
+        """get_latents of `key_ids` one after another, in `txn` (a buffers=True read transaction) or a new one.
+        Unencrypted values are sliced in place (only the selected layers are copied)."""
+        if txn is None:
+            with self.env.begin(buffers=True) as txn:
+                return self._read_latents(txn, key_ids, lay)
         out = {}
-        with self.env.begin(buffers=True) as txn:
-            for key_id in key_ids:
-                kb = _k(key_id)
-                raw = txn.get(kb, db=self._latent)
-                if raw is None:
-                    continue
-                if self._cipher is not None:
-                    meta = self._decode_meta(key_id, bytes(txn.get(kb, db=self._meta)))
-                    raw = self._open(meta.identity_id, b"latent", kb, bytes(raw))
-                out[key_id] = np.frombuffer(raw, "<f4").reshape(KEY_SHAPE)[lay].copy()
+        for key_id in key_ids:
+            kb = _k(key_id)
+            raw = txn.get(kb, db=self._latent)
+            if raw is None:
+                continue
+            if self._cipher is not None:
+                meta = self._decode_meta(key_id, bytes(txn.get(kb, db=self._meta)))
+                raw = self._open(meta.identity_id, b"latent", kb, bytes(raw))
+            out[key_id] = np.frombuffer(raw, "<f4").reshape(KEY_SHAPE)[lay].copy()
         return out
 
     def iter_meta(self) -> Iterator[StoredMeta]:
