@@ -134,3 +134,15 @@ def test_cached_tells_page_cache_residency_without_reading(tmp_path):
     os.close(fd)
     locator.close()
     env.close()
+
+
+def test_ranges_cover_the_header_and_the_spans_merging_shared_or_joining_pages(tmp_path):
+    data = tmp_path / "data.mdb"
+    data.write_bytes(bytes(4096 * 4))
+    locator = ValueLocator(data, 4096)
+    place = (5 * 4096 + 16, 36864)  # a latent on pages 5-14
+    assert locator.ranges(place, [(0, 8192)]) == [(5 * 4096, 8208)]  # header + layers 0-3: pages 5-7
+    assert locator.ranges(place, [(34816, 2048)]) == [(5 * 4096, 16), (place[0] + 34816, 2048)]  # layer 17
+    assert locator.ranges(place, [(6144, 2048), (0, 2048)]) == [(5 * 4096, 8208)]  # layers 3 and 0 join
+    assert locator.ranges(place, [(0, 2048), (10240, 2048)]) == [(5 * 4096, 2064), (place[0] + 10240, 2048)]
+    locator.close()

@@ -109,13 +109,49 @@ def test_uncached_values_are_read_ahead_at_once(stored):
     wanted = ids[1::2]
     check(t.get_latents(wanted + [10**9], (0, 1)), x, ids, wanted, (0, 1))
     assert t.latents_advised == len(wanted) - 1  # the first was read to find the disk; the absent key has no place
-    mixed = ids[3:40]  # half of them read ahead above (whole values), so cached now
-    check(t.get_latents(mixed, range(18)), x, ids, mixed, range(18))
+    mixed = ids[3:40]  # half of them read ahead above (layers 0-1: the values' first pages), so cached now
+    check(t.get_latents(mixed, (0, 1)), x, ids, mixed, (0, 1))
     assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2])
     for _ in range(2):  # all cached: nothing asked for, and the next call does not look
-        check(t.get_latents(mixed[:30], (5,)), x, ids, mixed[:30], (5,))
+        check(t.get_latents(mixed[:30], (1,)), x, ids, mixed[:30], (1,))
         assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2])
-    assert not t._values_cold and t._readers is None
+    # the other layers' pages were never read: the first value goes to the disk, the other 29 are read ahead
+    check(t.get_latents(mixed[:30], range(18)), x, ids, mixed[:30], range(18))
+    assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2]) + 29
+    check(t.get_latents(mixed[:30], (1,)), x, ids, mixed[:30], (1,))
+    assert not t._values_cold and t._readers is None and t.latents_misplaced == 0
+    t.close()
+
+
+@pytest.mark.parametrize("layers", [(0, 1, 2, 3), (17, 3), (5,), tuple(range(18)), (3, 3, 17, 0, 1)])
+def test_read_ahead_reads_the_selected_layers_from_the_file(stored, layers):
+    """The read-ahead path reads an unencrypted latent's selected layers straight from the data file: any
+    order, repeats, gaps."""
+    path, x, ids = stored
+    if not lmdb_pages.SUPPORTED:
+        pytest.skip("needs posix_fadvise and mincore")
+    t = LmdbTable(path, MAP)
+    for wanted in (ids[::3], ids[1:2]):
+        t._values_cold = True  # as after a call that found uncached values
+        check(t.get_latents(wanted + [10**9], layers), x, ids, wanted, layers)
+    assert t.latents_misplaced == 0 and t._readers is None
+    t.close()
+
+
+def test_a_place_whose_page_header_disagrees_is_read_through_lmdb(stored, monkeypatch):
+    """A place one page off (as a wrong or stale one would be) fails the header check: the value is read through
+    py-lmdb instead, and the answer is the same."""
+    path, x, ids = stored
+    if not lmdb_pages.SUPPORTED:
+        pytest.skip("needs posix_fadvise and mincore")
+    t = LmdbTable(path, MAP)
+    locate = t._locator.locate
+    monkeypatch.setattr(t._locator, "locate", lambda *a: [None if w is None else (w[0] + 4096, w[1])
+                                                           for w in locate(*a)])
+    t._values_cold = True
+    wanted = ids[10:60]
+    check(t.get_latents(wanted, (2, 3, 4)), x, ids, wanted, (2, 3, 4))
+    assert t.latents_misplaced == len(wanted)
     t.close()
 
 

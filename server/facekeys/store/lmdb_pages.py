@@ -33,11 +33,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 _HDR = 16  # PAGEHDRSZ
-_P_BRANCH, _P_LEAF, _P_LEAF2 = 0x01, 0x02, 0x20
+_P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_LEAF2 = 0x01, 0x02, 0x04, 0x20
 _F_BIGDATA, _F_SUBDATA = 0x01, 0x02
 _MAGIC, _VERSION = 0xBEEFC0DE, 1
 _PAGE = struct.Struct("<QHHHH")  # pgno, pad, flags, lower, upper
 _NODE = struct.Struct("<HHHH")  # lo, hi, flags, ksize
+_OVERFLOW = struct.Struct("<QHHI")  # pgno, pad, flags, pages: the header of a value's first overflow page
 _U64 = struct.Struct("<Q")
 _META_MAGIC = struct.Struct("<II")  # at _HDR
 _MAIN_ROOT_AT = _HDR + 24 + 48 + 40  # md_root of the main DB's MDB_db
@@ -241,6 +242,40 @@ class ValueLocator:
         if _LIBC.mincore(ctypes.c_void_p(base + start), ctypes.c_size_t(off + n - start), vec) != 0:
             return False
         return all(v & 1 for v in vec)
+
+    def ranges(self, place: tuple[int, int], spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """File (offset, length) ranges that `read(place, spans)` reads: the first overflow page's header and the
+        (start, length) spans of the value, merged where they share or join pages."""
+        off = place[0]
+        out = [(off - _HDR, _HDR)]
+        for start, length in sorted(spans):
+            a, b = off + start, off + start + length
+            last_a, last_len = out[-1]
+            if a // self.page_size <= (last_a + last_len - 1) // self.page_size + 1:
+                out[-1] = (last_a, max(last_a + last_len, b) - last_a)
+            else:
+                out.append((a, b - a))
+        return out
+
+    def read(self, place: tuple[int, int], spans: Sequence[tuple[int, int]], bufs: Sequence) -> bool:
+        """Read the (start, length) spans of the value at `place` into the writable buffers `bufs` (one per span,
+        `length` bytes each) straight from the data file, after checking the header of the value's first overflow
+        page: its page number, its type and its page count must be the ones `place` implies. False (the buffers
+        then hold nothing to trust) on any mismatch or short read. Only while the read transaction that gave
+        `place` is open: LMDB keeps that snapshot's pages unchanged while a reader holds it."""
+        off, size = place
+        first = off - _HDR
+        head = os.pread(self._fd, _OVERFLOW.size, first)
+        if len(head) != _OVERFLOW.size:
+            return False
+        pgno, _, flags, pages = _OVERFLOW.unpack(head)
+        if pgno * self.page_size != first or not flags & _P_OVERFLOW \
+                or pages != -(-(size + _HDR) // self.page_size):
+            return False
+        for (start, length), buf in zip(spans, bufs):
+            if start < 0 or start + length > size or os.preadv(self._fd, [buf], off + start) != length:
+                return False
+        return True
 
     def advise(self, ranges: Sequence[Optional[tuple[int, int]]]) -> int:
         """Ask the kernel to read these (offset, length) ranges of the data file now; returns how many."""

@@ -48,6 +48,8 @@ class ValueCipher(Protocol):
 
 _U64 = struct.Struct(">Q")
 _NEXT = b"next_key_id"
+LAYER_BYTES = KEY_SHAPE[1] * 4  # one layer of a stored latent: 512 little-endian float32
+LATENT_BYTES = KEY_SHAPE[0] * LAYER_BYTES  # an unencrypted latent value: (18, 512)
 READ_THREADS = 16  # get_latents: threads reading uncached values at once (they wait on the disk, not the CPU)
 
 
@@ -55,6 +57,17 @@ def _major_faults() -> int:
     """Major page faults of the calling thread so far (Linux; 0 where the platform cannot say)."""
     who = getattr(resource, "RUSAGE_THREAD", None)
     return resource.getrusage(who).ru_majflt if who is not None else 0
+
+
+def _runs(layers: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted distinct layers as runs of consecutive ones: [(first layer, count)]."""
+    out: list[tuple[int, int]] = []
+    for layer in layers:
+        if out and out[-1][0] + out[-1][1] == layer:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((layer, 1))
+    return out
 
 
 def _k(key_id: int) -> bytes:
@@ -104,6 +117,7 @@ class LmdbTable:
         self._readers_lock = threading.Lock()
         self.latents_read = 0  # keys get_latents was asked for since open (the float32 re-scores' reads)
         self.latents_advised = 0  # of those, uncached values whose pages were asked of the kernel at once
+        self.latents_misplaced = 0  # values placed by the B-tree whose page header disagreed (read through py-lmdb)
         self._values_cold = False  # the last read ahead found uncached values: read ahead from the first key on
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -270,19 +284,42 @@ class LmdbTable:
         return out
 
     def _read_ahead(self, key_ids: list[int], lay: list[int]) -> dict[int, np.ndarray]:
-        """Read `key_ids` in one transaction after asking the kernel for all their uncached pages at once (their
-        places in the data file read from the transaction's B-tree pages; `lmdb_pages.ValueLocator`). Keeps
-        reading ahead on later calls while it finds uncached values."""
+        """Read `key_ids` in one transaction after asking the kernel for all their uncached pages at once. Their
+        places in the data file come from the transaction's B-tree pages (`lmdb_pages.ValueLocator`); an
+        unencrypted latent is then read straight from the file, only the pages of the selected layers (3 of 10
+        for high:4) after checking its first page's header; encrypted ones (sealed whole), and any whose check
+        fails, through py-lmdb. Keeps reading ahead on later calls while it finds uncached values."""
+        layers = sorted(set(lay))
+        runs = _runs(layers)  # contiguous runs of layers: (first layer, count)
+        spans = [(first * LAYER_BYTES, count * LAYER_BYTES) for first, count in runs]
         with self.env.begin(buffers=True) as txn:
             where = self._locator.locate(txn.id(), b"latent", [_k(i) for i in key_ids])
             if all(w is None for w in where):  # nothing placed (absent keys, or the snapshot moved on)
                 self._values_cold = False
                 return self._read_threaded(key_ids, lay)
-            advised = self._locator.advise([w for w in where if w is not None and not self._locator.cached(w)])
+            direct = self._cipher is None
+            ranges = [self._locator.ranges(w, spans if direct else [(0, w[1])]) for w in where if w is not None]
+            cold = [rs for rs in ranges if not all(self._locator.cached(r) for r in rs)]
+            self._locator.advise([r for rs in cold for r in rs])
+            advised = len(cold)
             self._values_cold = advised > 0
-            with self._readers_lock:
-                self.latents_advised += advised
-            return self._read_latents(txn, key_ids, lay)
+            out, rest, misplaced = {}, [], 0
+            pick = None if layers == lay else [layers.index(i) for i in lay]
+            rows = np.cumsum([0] + [count for _, count in runs])  # each run's first row in the buffer
+            for key_id, w in zip(key_ids, where):
+                if direct and w is not None and w[1] == LATENT_BYTES:
+                    buf = np.empty((len(layers), KEY_SHAPE[1]), "<f4")  # (|S| sorted, 512)
+                    views = [memoryview(buf[rows[j]:rows[j + 1]]).cast("B") for j in range(len(runs))]
+                    if self._locator.read(w, spans, views):
+                        out[key_id] = buf if pick is None else buf[pick]
+                        continue
+                    misplaced += 1
+                rest.append(key_id)
+            out.update(self._read_latents(txn, rest, lay))
+        with self._readers_lock:
+            self.latents_advised += advised
+            self.latents_misplaced += misplaced
+        return out
 
     def _read_threaded(self, key_ids: list[int], lay: list[int]) -> dict[int, np.ndarray]:
         """Read `key_ids` split over the reader threads (each waits on the disk, not the CPU)."""
