@@ -188,3 +188,22 @@ def test_encryption_refuses_index_modes_with_plaintext_files_on_disk(tmp_path, c
     with pytest.raises(FailedPrecondition, match="encryption at rest"):
         KeyStore.open(tmp_path / "lmdb", StoreConfig(map_size=1 << 28, **cfg), cipher=keyring(tmp_path))
     assert not (tmp_path / "lmdb" / "indexes").exists()
+
+
+def test_read_ahead_of_encrypted_latents_goes_through_lmdb(tmp_path):
+    """Sealed latents are placed and read ahead whole, then opened from py-lmdb's value (never read raw)."""
+    from facekeys.records import Where
+    from facekeys.store import lmdb_pages
+    from facekeys.store.lmdb_table import LmdbTable
+
+    if not lmdb_pages.SUPPORTED:
+        pytest.skip("needs posix_fadvise and mincore")
+    x = random_keys(40, seed=6)
+    t = LmdbTable(tmp_path / "db", 64 << 20, durable=False, cipher=keyring(tmp_path))
+    metas = t.put([NewKey(v, "enc", where=Where("cam")) for v in x], [f"id{i % 3}" for i in range(40)])
+    t._values_cold = True  # as after a call that found uncached values
+    got = t.get_latents([m.key_id for m in metas], (17, 0, 1))
+    for i, m in enumerate(metas):
+        np.testing.assert_array_equal(got[m.key_id], x[i][[17, 0, 1]])
+    assert t.latents_misplaced == 0 and not t._values_cold  # the read-ahead path ran: all were cached
+    t.close()
