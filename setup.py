@@ -1,5 +1,5 @@
 """Build hook: generate the protobuf/gRPC modules from proto/ (never hand-edited, never committed), and
-build the optional C kernel `facekeys.store._f16dot`.
+build the optional C extensions `facekeys.store._f16dot` and `facekeys.store._lmdbwalk`.
 
 `pyproject.toml` holds all metadata; this file runs grpcio-tools' protoc over
 `proto/facekeys/v1/*.proto` into `client/facekeys/v1/`. It runs whenever setuptools loads this file
@@ -9,7 +9,9 @@ exists before any build command runs. An sdist ships the generated files and no 
 `_f16dot` (server/facekeys/store/_f16dot.c: exact multi-layer dot products over float16 or float32 rows at
 memory bandwidth, for the float16 scans and the float32 one-probe scan) is optional: without a C compiler or
 Python headers the install still succeeds, with a warning, and the stores fall back to numpy + FAISS kernels
-(`facekeys.store.ann.F16_KERNEL`, `facekeys.store.vectors.F32_KERNEL` say which).
+(`facekeys.store.ann.F16_KERNEL`, `facekeys.store.vectors.F32_KERNEL` say which). `_lmdbwalk`
+(server/facekeys/store/_lmdbwalk.c: the B-tree search that places LMDB values in the data file) is optional too:
+`facekeys.store.lmdb_pages` has the same walk in Python.
 """
 
 import sys
@@ -71,6 +73,13 @@ F16DOT = Extension(
     optional=True,
 )
 
+LMDBWALK = Extension(
+    "facekeys.store._lmdbwalk",
+    sources=["server/facekeys/store/_lmdbwalk.c"],
+    extra_compile_args=[] if sys.platform == "win32" else ["-O2", "-std=c11"],
+    optional=True,
+)
+
 if PROTO_ROOT.is_dir():
     generate_protos()
-setup(ext_modules=[F16DOT], cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=[F16DOT, LMDBWALK], cmdclass={"build_ext": OptionalBuildExt})

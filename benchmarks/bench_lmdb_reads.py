@@ -1,5 +1,5 @@
 """Uncached latent reads from LMDB (the float32 re-score of a Match): one after another, by reader threads, or
-read ahead at once from their places in the data file.
+placed in the data file and read ahead at once.
 
     python benchmarks/bench_lmdb_reads.py --n 200000 --workdir /tmp/lmdb-reads
 
@@ -10,9 +10,9 @@ from the page cache (fsync + posix_fadvise DONTNEED, the table closed) and times
 keys (distinct in every fetch; `--layers` coarsest layers) `--repeats` times: the B-tree starts cold as well, its
 upper pages warm up within the first fetches. Settings: `read_threads=1` (every value read after the previous
 one), `READ_THREADS` threads once the first value was not cached, both with `prefetch=False`, and the default
-(`prefetch=True`: the uncached values' pages asked of the kernel at once, then read in one thread), in turn so
-that drifts of the disk show. Then the same settings and keys again, each run's keys read once untimed first
-(cached).
+(`prefetch=True`: the values placed from the B-tree pages, every uncached one asked of the kernel at once, the
+selected layers read straight from the file), in turn so that drifts of the disk show. Then the same settings and
+keys again, each run's keys read once untimed first (cached).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main():
         advised = table.latents_advised - advised0
         table.close()
         ts = np.array(ts) * 1e3
-        how = "read ahead at once" if prefetch else f"{threads} thread{'s' if threads > 1 else ''}"
+        how = "placed, read ahead at once" if prefetch else f"{threads} thread{'s' if threads > 1 else ''}"
         lines.append(f"| {how} | {'cached' if cached else 'evicted'} | {args.keys} x {args.layers} "
                      f"| {np.median(ts):.2f} | {np.percentile(ts, 90):.2f} | {ts.max():.2f} | {np.mean(faults):.1f} "
                      f"| {advised / args.repeats:.1f} |")

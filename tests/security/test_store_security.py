@@ -201,9 +201,12 @@ def test_read_ahead_of_encrypted_latents_goes_through_lmdb(tmp_path):
     x = random_keys(40, seed=6)
     t = LmdbTable(tmp_path / "db", 64 << 20, durable=False, cipher=keyring(tmp_path))
     metas = t.put([NewKey(v, "enc", where=Where("cam")) for v in x], [f"id{i % 3}" for i in range(40)])
-    t._values_cold = True  # as after a call that found uncached values
+    placed = []
+    locate = t._locator.locate
+    t._locator.locate = lambda *a: placed.append(locate(*a)) or placed[-1]
     got = t.get_latents([m.key_id for m in metas], (17, 0, 1))
     for i, m in enumerate(metas):
         np.testing.assert_array_equal(got[m.key_id], x[i][[17, 0, 1]])
-    assert t.latents_misplaced == 0 and not t._values_cold  # the read-ahead path ran: all were cached
+    assert len(placed) == 1 and all(w is not None and w[1] > 36864 for w in placed[0])  # sealed values, placed
+    assert t.latents_misplaced == 0
     t.close()

@@ -1,5 +1,5 @@
-"""lmdb_pages.ValueLocator: the places of LMDB values in the data file, read from the B-tree pages, against what
-py-lmdb returns for the same keys (a real LMDB in a temp dir)."""
+"""lmdb_pages.ValueLocator: the places of LMDB values in the data file, read from the B-tree pages (by the C walk
+and by the Python one), against what py-lmdb returns for the same keys (a real LMDB in a temp dir)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ from facekeys.store import lmdb_pages
 from facekeys.store.lmdb_pages import ValueLocator
 
 pytestmark = pytest.mark.skipif(not lmdb_pages.SUPPORTED, reason="needs a 64-bit little-endian build, mincore")
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def walk(request, monkeypatch):
+    """Every test runs with the C walk (where built) and with the Python one."""
+    if request.param == "c" and lmdb_pages._lmdbwalk is None:
+        pytest.skip("_lmdbwalk was not built")
+    monkeypatch.setattr(lmdb_pages, "WALK_IN_C", request.param == "c")
+    return request.param
+
 
 NODEMAX = 2038  # LMDB 0.9, 4 KB pages: a leaf node (8 B + key + value) larger than this puts the value on overflow pages
 
@@ -121,16 +130,16 @@ def test_cached_tells_page_cache_residency_without_reading(tmp_path):
     locator = ValueLocator(path / "data.mdb", env.stat()["psize"])
     with env.begin(buffers=True) as txn:
         place = locator.locate(txn.id(), b"vals", [b"k"])[0]
-    assert place[0] > 128 << 10 and locator.cached(place)  # just written
+    assert place[0] > 128 << 10 and locator.cached([place])[0]  # just written
     fd = os.open(path / "data.mdb", os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    if locator.cached(place):
+    if locator.cached([place])[0]:
         os.close(fd)
         pytest.skip("the file system kept the evicted pages")
-    assert not locator.cached(place)  # asking read nothing
+    assert not locator.cached([place])[0]  # asking read nothing
     os.pread(fd, place[1], place[0])
-    assert locator.cached(place)
-    assert not locator.cached((place[0], 1 << 40))  # past the end of the file
+    assert locator.cached([place])[0]
+    assert not locator.cached([(place[0], 1 << 40)])[0]  # past the end of the file
     os.close(fd)
     locator.close()
     env.close()

@@ -44,7 +44,7 @@ def evict(path):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
     data = lmdb_pages.ValueLocator(path / "data.mdb", 4096)  # maps the file, reads nothing
-    kept = data.cached((0, (path / "data.mdb").stat().st_size))
+    kept = data.cached([(0, (path / "data.mdb").stat().st_size)])[0]
     data.close()
     return not kept
 
@@ -97,9 +97,8 @@ def test_uncached_values_are_detected(stored):
 
 
 def test_uncached_values_are_read_ahead_at_once(stored):
-    """prefetch: once a read went to the disk, every uncached value is asked of the kernel before the reads, and
-    only those; the values are the stored ones and the reader threads stay idle. A call that finds everything
-    cached ends the read-ahead."""
+    """prefetch: every uncached value is asked of the kernel before the reads, and only those (only the pages of
+    the layers asked for are read); the values are the stored ones and the reader threads stay idle."""
     path, x, ids = stored
     if not lmdb_pages.SUPPORTED:
         pytest.skip("needs posix_fadvise and mincore")
@@ -108,47 +107,48 @@ def test_uncached_values_are_read_ahead_at_once(stored):
     t = LmdbTable(path, MAP)
     wanted = ids[1::2]
     check(t.get_latents(wanted + [10**9], (0, 1)), x, ids, wanted, (0, 1))
-    assert t.latents_advised == len(wanted) - 1  # the first was read to find the disk; the absent key has no place
-    mixed = ids[3:40]  # half of them read ahead above (layers 0-1: the values' first pages), so cached now
+    assert t.latents_advised == len(wanted)  # the absent key has no place
+    mixed = ids[3:40]  # half of them read above (layers 0-1: the values' first pages), so cached now
     check(t.get_latents(mixed, (0, 1)), x, ids, mixed, (0, 1))
-    assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2])
-    for _ in range(2):  # all cached: nothing asked for, and the next call does not look
-        check(t.get_latents(mixed[:30], (1,)), x, ids, mixed[:30], (1,))
-        assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2])
-    # the other layers' pages were never read: the first value goes to the disk, the other 29 are read ahead
-    check(t.get_latents(mixed[:30], range(18)), x, ids, mixed[:30], range(18))
-    assert t.latents_advised == len(wanted) - 1 + len(ids[4:40:2]) + 29
-    check(t.get_latents(mixed[:30], (1,)), x, ids, mixed[:30], (1,))
-    assert not t._values_cold and t._readers is None and t.latents_misplaced == 0
+    assert t.latents_advised == len(wanted) + len(ids[4:40:2])
+    check(t.get_latents(mixed[:30], (1,)), x, ids, mixed[:30], (1,))  # all cached: nothing asked for
+    assert t.latents_advised == len(wanted) + len(ids[4:40:2])
+    check(t.get_latents(mixed[:30], range(18)), x, ids, mixed[:30], range(18))  # the other layers' pages
+    assert t.latents_advised == len(wanted) + len(ids[4:40:2]) + 30
+    assert t._readers is None and t.latents_misplaced == 0
     t.close()
 
 
-@pytest.mark.parametrize("layers", [(0, 1, 2, 3), (17, 3), (5,), tuple(range(18)), (3, 3, 17, 0, 1)])
-def test_read_ahead_reads_the_selected_layers_from_the_file(stored, layers):
-    """The read-ahead path reads an unencrypted latent's selected layers straight from the data file: any
-    order, repeats, gaps."""
-    path, x, ids = stored
+@pytest.fixture(params=["c", "python"])
+def walk(request, monkeypatch):
+    """The placed reads with the C helpers (where built) and with the Python ones."""
     if not lmdb_pages.SUPPORTED:
         pytest.skip("needs posix_fadvise and mincore")
+    if request.param == "c" and lmdb_pages._lmdbwalk is None:
+        pytest.skip("_lmdbwalk was not built")
+    monkeypatch.setattr(lmdb_pages, "WALK_IN_C", request.param == "c")
+
+
+@pytest.mark.parametrize("layers", [(0, 1, 2, 3), (17, 3), (5,), tuple(range(18)), (3, 3, 17, 0, 1)])
+def test_placed_reads_take_the_selected_layers_from_the_file(stored, layers, walk):
+    """The placed path reads an unencrypted latent's selected layers straight from the data file: any order,
+    repeats, gaps."""
+    path, x, ids = stored
     t = LmdbTable(path, MAP)
     for wanted in (ids[::3], ids[1:2]):
-        t._values_cold = True  # as after a call that found uncached values
         check(t.get_latents(wanted + [10**9], layers), x, ids, wanted, layers)
     assert t.latents_misplaced == 0 and t._readers is None
     t.close()
 
 
-def test_a_place_whose_page_header_disagrees_is_read_through_lmdb(stored, monkeypatch):
+def test_a_place_whose_page_header_disagrees_is_read_through_lmdb(stored, monkeypatch, walk):
     """A place one page off (as a wrong or stale one would be) fails the header check: the value is read through
     py-lmdb instead, and the answer is the same."""
     path, x, ids = stored
-    if not lmdb_pages.SUPPORTED:
-        pytest.skip("needs posix_fadvise and mincore")
     t = LmdbTable(path, MAP)
     locate = t._locator.locate
     monkeypatch.setattr(t._locator, "locate", lambda *a: [None if w is None else (w[0] + 4096, w[1])
                                                            for w in locate(*a)])
-    t._values_cold = True
     wanted = ids[10:60]
     check(t.get_latents(wanted, (2, 3, 4)), x, ids, wanted, (2, 3, 4))
     assert t.latents_misplaced == len(wanted)

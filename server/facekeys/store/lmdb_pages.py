@@ -59,6 +59,11 @@ def _libc():
 
 
 _LIBC = _libc()
+try:
+    from . import _lmdbwalk  # the same B-tree walk in C (setup.py builds it where a compiler is present)
+except ImportError:
+    _lmdbwalk = None
+WALK_IN_C = True  # use _lmdbwalk where built (tests switch it off to check the Python walk)
 SUPPORTED = (sys.byteorder == "little" and struct.calcsize("P") == 8 and hasattr(os, "posix_fadvise")
              and _LIBC is not None)
 
@@ -162,7 +167,16 @@ class ValueLocator:
     def _leaves(self, root: int, keys: Sequence[bytes]) -> list[Optional[tuple[int, int, int]]]:
         """The leaf node of each key in the tree at page `root` (None: absent), walked one level at a time for all
         keys together: each level's pages are asked of the kernel at once before any is read, so a cold B-tree
-        costs one disk wait per level, not one per key and level."""
+        costs one disk wait per level, not one per key and level. In C (`_lmdbwalk`) where it was built."""
+        if _lmdbwalk is not None and WALK_IN_C:
+            for _ in range(2):
+                try:
+                    return _lmdbwalk.leaves(self._map, self.page_size, root, list(keys), self._fd)
+                except ValueError as e:
+                    if not str(e).startswith("past end"):
+                        raise _Moved(str(e)) from e
+                    self._remap()  # the file grew past the map: once more over the new map
+            raise _Moved("a page lies past the end of the data file")
         out: list[Optional[tuple[int, int, int]]] = [None] * len(keys)
         at = {i: root for i in range(len(keys))}
         for _ in range(_MAX_DEPTH):
@@ -229,19 +243,23 @@ class ValueLocator:
         except (_Moved, struct.error, ValueError, TypeError):
             return [None] * len(keys)
 
-    def cached(self, r: tuple[int, int]) -> bool:
-        """Whether every page of the (offset, length) range of the data file is in the page cache (mincore on
+    def cached(self, ranges: Sequence[tuple[int, int]]) -> list[bool]:
+        """Per (offset, length) range of the data file: whether every page of it is in the page cache (mincore on
         this map: it reads nothing, where a probing read would start the disk read it asks about)."""
         m, base = self._map, self._base
-        off, n = r
-        if m is None or off + n > len(m):
-            return False
-        start = off - off % mmap.PAGESIZE
-        pages = (off + n - start + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-        vec = (ctypes.c_ubyte * pages)()
-        if _LIBC.mincore(ctypes.c_void_p(base + start), ctypes.c_size_t(off + n - start), vec) != 0:
-            return False
-        return all(v & 1 for v in vec)
+        if m is None:
+            return [False] * len(ranges)
+        if _lmdbwalk is not None and WALK_IN_C:
+            return [bool(b) for b in _lmdbwalk.resident(m, ranges)]
+        out = []
+        for off, n in ranges:
+            start = off - off % mmap.PAGESIZE
+            pages = (off + n - start + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+            vec = (ctypes.c_ubyte * pages)()
+            ok = n > 0 and off + n <= len(m) and \
+                _LIBC.mincore(ctypes.c_void_p(base + start), ctypes.c_size_t(off + n - start), vec) == 0
+            out.append(ok and all(v & 1 for v in vec))
+        return out
 
     def ranges(self, place: tuple[int, int], spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         """File (offset, length) ranges that `read(place, spans)` reads: the first overflow page's header and the
@@ -265,17 +283,32 @@ class ValueLocator:
         `place` is open: LMDB keeps that snapshot's pages unchanged while a reader holds it."""
         off, size = place
         first = off - _HDR
-        head = os.pread(self._fd, _OVERFLOW.size, first)
-        if len(head) != _OVERFLOW.size:
+        if any(start < 0 or start + length > size for start, length in spans):
+            return False
+        head = bytearray(_OVERFLOW.size)
+        todo = list(zip(spans, bufs))
+        if todo and todo[0][0][0] == 0:  # the header and the first span in one read
+            (_, length), buf = todo.pop(0)
+            if os.preadv(self._fd, [head, buf], first) != _HDR + length:
+                return False
+        elif os.preadv(self._fd, [head], first) != _HDR:
             return False
         pgno, _, flags, pages = _OVERFLOW.unpack(head)
         if pgno * self.page_size != first or not flags & _P_OVERFLOW \
                 or pages != -(-(size + _HDR) // self.page_size):
             return False
-        for (start, length), buf in zip(spans, bufs):
-            if start < 0 or start + length > size or os.preadv(self._fd, [buf], off + start) != length:
-                return False
-        return True
+        return all(os.preadv(self._fd, [buf], off + start) == length for (start, length), buf in todo)
+
+    def read_many(self, places: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], out: np.ndarray
+                  ) -> list[bool]:
+        """`read` of each place's spans into row i of `out` (C-contiguous, len(places) rows of sum(lengths) bytes
+        each); per place whether it succeeded. In C (`_lmdbwalk.read_spans`) where it was built."""
+        if _lmdbwalk is not None and WALK_IN_C:
+            return [bool(b) for b in _lmdbwalk.read_spans(self._fd, self.page_size, places, spans, out)]
+        rows = out.reshape(len(places), -1).view(np.uint8)
+        ends = np.cumsum([0] + [length for _, length in spans])
+        return [self.read(place, spans, [memoryview(rows[i, ends[j]:ends[j + 1]]) for j in range(len(spans))])
+                for i, place in enumerate(places)]
 
     def advise(self, ranges: Sequence[Optional[tuple[int, int]]]) -> int:
         """Ask the kernel to read these (offset, length) ranges of the data file now; returns how many."""

@@ -118,7 +118,6 @@ class LmdbTable:
         self.latents_read = 0  # keys get_latents was asked for since open (the float32 re-scores' reads)
         self.latents_advised = 0  # of those, uncached values whose pages were asked of the kernel at once
         self.latents_misplaced = 0  # values placed by the B-tree whose page header disagreed (read through py-lmdb)
-        self._values_cold = False  # the last read ahead found uncached values: read ahead from the first key on
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -256,65 +255,58 @@ class LmdbTable:
     def get_latents(self, key_ids: Sequence[int], layers: Sequence[int]) -> dict[int, np.ndarray]:
         """{key_id: (|S|, 512) float32} of the stored latents' selected layers (0-based); absent keys are left out.
 
-        A value spans ten 4 KB overflow pages and py-lmdb's get touches every one (GIL released); the map is
-        opened without readahead (MDB_NORDAHEAD: this box reads ahead 8 MB per fault), so an uncached value is
-        ten disk reads one after another. At 1M keys the 37 GB of values do not fit in RAM beside the float16
-        index, and a Match's values are mostly read cold. So once values come from the disk (the first key's read
-        took a major fault, or the last call found uncached values), `_read_ahead` finds the values' places in
-        the data file and asks the kernel for every uncached one at once before reading them. Without a value
-        locator (`prefetch=False`, or a platform without posix_fadvise and mincore) the rest are read by
-        `read_threads` threads at once instead. 26 uncached values of 200k, B-tree pages cold too: 13-16 ms
-        one after another, 8 ms with 16 threads, 5-7 ms read ahead; cached 0.3-0.5 ms
-        (`benchmarks/bench_lmdb_reads.py`)."""
+        At 1M keys the 37 GB of values do not fit in RAM beside the float16 index, so a Match's values are mostly
+        read from the disk. A value spans ten 4 KB overflow pages, and py-lmdb's get touches every one, one
+        after another (GIL released); the map is opened without readahead (MDB_NORDAHEAD: this box reads ahead
+        8 MB per fault). So where the values can be placed in the data file (`lmdb_pages.ValueLocator`,
+        `prefetch=True`), `_read_placed` asks the kernel for every uncached one at once and reads an unencrypted
+        latent's selected layers straight from the file. Otherwise the first key is read in the calling thread
+        and, when that read went to the disk (a major fault), the rest by `read_threads` threads at once.
+        26 uncached values x 4 layers of 200k: 13 ms one after another, 8-9 ms with 16 threads, 3 ms placed;
+        cached 0.45 ms (`benchmarks/bench_lmdb_reads.py`)."""
         lay = list(layers)
         ids = list(key_ids)
         if not ids:
             return {}
         with self._readers_lock:
             self.latents_read += len(ids)
-        if self._locator is not None and self._values_cold:
-            return self._read_ahead(ids, lay)
+        if self._locator is not None:
+            return self._read_placed(ids, lay)
         before = _major_faults()
         out = self._read_latents(None, ids[:1], lay)
         rest = ids[1:]
         if rest and _major_faults() > before:
-            out.update(self._read_ahead(rest, lay) if self._locator is not None else self._read_threaded(rest, lay))
+            out.update(self._read_threaded(rest, lay))
         elif rest:
             out.update(self._read_latents(None, rest, lay))
         return out
 
-    def _read_ahead(self, key_ids: list[int], lay: list[int]) -> dict[int, np.ndarray]:
+    def _read_placed(self, key_ids: list[int], lay: list[int]) -> dict[int, np.ndarray]:
         """Read `key_ids` in one transaction after asking the kernel for all their uncached pages at once. Their
         places in the data file come from the transaction's B-tree pages (`lmdb_pages.ValueLocator`); an
         unencrypted latent is then read straight from the file, only the pages of the selected layers (3 of 10
         for high:4) after checking its first page's header; encrypted ones (sealed whole), and any whose check
-        fails, through py-lmdb. Keeps reading ahead on later calls while it finds uncached values."""
+        fails, through py-lmdb."""
         layers = sorted(set(lay))
         runs = _runs(layers)  # contiguous runs of layers: (first layer, count)
         spans = [(first * LAYER_BYTES, count * LAYER_BYTES) for first, count in runs]
         with self.env.begin(buffers=True) as txn:
             where = self._locator.locate(txn.id(), b"latent", [_k(i) for i in key_ids])
             if all(w is None for w in where):  # nothing placed (absent keys, or the snapshot moved on)
-                self._values_cold = False
                 return self._read_threaded(key_ids, lay)
-            direct = self._cipher is None
-            ranges = [self._locator.ranges(w, spans if direct else [(0, w[1])]) for w in where if w is not None]
-            cold = [rs for rs in ranges if not all(self._locator.cached(r) for r in rs)]
+            sealed = self._cipher is not None  # encrypted values are opened whole, from py-lmdb's value
+            ranges = [self._locator.ranges(w, [(0, w[1])] if sealed else spans) for w in where if w is not None]
+            resident = iter(self._locator.cached([r for rs in ranges for r in rs]))
+            cold = [rs for rs in ranges if not all([next(resident) for _ in rs])]
             self._locator.advise([r for rs in cold for r in rs])
             advised = len(cold)
-            self._values_cold = advised > 0
-            out, rest, misplaced = {}, [], 0
             pick = None if layers == lay else [layers.index(i) for i in lay]
-            rows = np.cumsum([0] + [count for _, count in runs])  # each run's first row in the buffer
-            for key_id, w in zip(key_ids, where):
-                if direct and w is not None and w[1] == LATENT_BYTES:
-                    buf = np.empty((len(layers), KEY_SHAPE[1]), "<f4")  # (|S| sorted, 512)
-                    views = [memoryview(buf[rows[j]:rows[j + 1]]).cast("B") for j in range(len(runs))]
-                    if self._locator.read(w, spans, views):
-                        out[key_id] = buf if pick is None else buf[pick]
-                        continue
-                    misplaced += 1
-                rest.append(key_id)
+            direct = [i for i, w in enumerate(where) if not sealed and w is not None and w[1] == LATENT_BYTES]
+            buf = np.empty((len(direct), len(layers), KEY_SHAPE[1]), "<f4")  # (m, |S| sorted, 512)
+            read = self._locator.read_many([where[i] for i in direct], spans, buf)
+            out = {key_ids[i]: buf[j] if pick is None else buf[j][pick] for j, i in enumerate(direct) if read[j]}
+            misplaced = len(read) - sum(read)
+            rest = [key_id for key_id in key_ids if key_id not in out]
             out.update(self._read_latents(txn, rest, lay))
         with self._readers_lock:
             self.latents_advised += advised
