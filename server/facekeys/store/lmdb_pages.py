@@ -3,11 +3,13 @@
 An LMDB value longer than a page lives in a contiguous run of overflow pages. py-lmdb's get touches every page of
 it one after another (its `preload`, GIL released), so an uncached latent (ten 4 KB pages) is ten disk reads in
 sequence. Knowing where each value of a call lies lets the reader ask the kernel for all of them at once
-(posix_fadvise WILLNEED: one request per value, all in flight together) before reading them through py-lmdb.
+(posix_fadvise WILLNEED: one request per value, all in flight together) and read only the bytes it needs.
 
-The offsets are hints only: values are still read with py-lmdb inside a transaction, so a wrong or stale offset
-costs a wasted read-ahead, never a wrong value. Every read here is bounds-checked and a snapshot that moved on
-(its meta page rewritten) gives no offsets rather than an error.
+A place is found by an exact key match in a leaf of the snapshot of a read transaction that stays open while the
+value is read (LMDB does not reuse pages a reader still holds), and `read` checks the header of the value's first
+overflow page (its page number, type and page count) before trusting the bytes; a failed check sends the caller
+to py-lmdb. Every read of the B-tree pages is bounds-checked, and a snapshot that moved on (its meta page
+rewritten) or a file that is not LMDB 0.9 gives no places rather than an error.
 
 On-disk layout read here: LMDB 0.9's (mdb.c; the version py-lmdb bundles), 64-bit little-endian builds:
   page header (16 B): pgno u64, pad u16, flags u16, lower u16, upper u16; node offsets (u16) follow it
@@ -48,7 +50,6 @@ _P_INVALID = (1 << 64) - 1
 _MAX_DEPTH = 32  # a B-tree of 2^64 keys is shallower; a deeper walk means the pages changed under it
 
 
-
 def _libc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -60,10 +61,10 @@ def _libc():
 
 _LIBC = _libc()
 try:
-    from . import _lmdbwalk  # the same B-tree walk in C (setup.py builds it where a compiler is present)
+    from . import _lmdbwalk  # the walk, residency and checked reads in C (setup.py builds it where it can)
 except ImportError:
     _lmdbwalk = None
-WALK_IN_C = True  # use _lmdbwalk where built (tests switch it off to check the Python walk)
+WALK_IN_C = True  # use _lmdbwalk where built (tests switch it off to check the Python versions)
 SUPPORTED = (sys.byteorder == "little" and struct.calcsize("P") == 8 and hasattr(os, "posix_fadvise")
              and _LIBC is not None)
 
@@ -73,7 +74,8 @@ class _Moved(Exception):
 
 
 class ValueLocator:
-    """Finds (file offset, length) of values in an LMDB environment's data file and asks the kernel to read them.
+    """Finds (file offset, length) of values in an LMDB environment's data file, asks the kernel to read them, and
+    reads checked spans of them.
 
     `locate` must be called while a read transaction whose `id()` is passed stays open: LMDB does not reuse the
     pages of a snapshot a reader still holds."""
@@ -303,6 +305,8 @@ class ValueLocator:
                   ) -> list[bool]:
         """`read` of each place's spans into row i of `out` (C-contiguous, len(places) rows of sum(lengths) bytes
         each); per place whether it succeeded. In C (`_lmdbwalk.read_spans`) where it was built."""
+        if not places:
+            return []
         if _lmdbwalk is not None and WALK_IN_C:
             return [bool(b) for b in _lmdbwalk.read_spans(self._fd, self.page_size, places, spans, out)]
         rows = out.reshape(len(places), -1).view(np.uint8)

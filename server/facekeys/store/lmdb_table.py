@@ -130,7 +130,7 @@ class LmdbTable:
         self._boxes = self.env.open_db(b"boxes")
         self._ident = self.env.open_db(b"ident")
         self._counters = self.env.open_db(b"counters")
-        # get_latents' read-ahead of uncached values (None: the platform or the build cannot place them)
+        # get_latents' placed reads (None: prefetch=False, or a platform where values cannot be placed)
         self._locator = ValueLocator(path / "data.mdb", self.env.stat()["psize"]) if prefetch and SUPPORTED else None
         self._cipher = cipher
         self.check_marker("encryption", f"aes-gcm:{cipher.fingerprint}" if cipher else "none")
@@ -262,8 +262,8 @@ class LmdbTable:
         `prefetch=True`), `_read_placed` asks the kernel for every uncached one at once and reads an unencrypted
         latent's selected layers straight from the file. Otherwise the first key is read in the calling thread
         and, when that read went to the disk (a major fault), the rest by `read_threads` threads at once.
-        26 uncached values x 4 layers of 200k: 13 ms one after another, 8-9 ms with 16 threads, 3 ms placed;
-        cached 0.45 ms (`benchmarks/bench_lmdb_reads.py`)."""
+        26 uncached values x 4 layers of 200k: 10.6-13.7 ms one after another, 5.7-6.6 ms with 16 threads,
+        1.4-1.5 ms placed; cached 0.4-0.5 ms either way (`benchmarks/bench_lmdb_reads.py`)."""
         lay = list(layers)
         ids = list(key_ids)
         if not ids:
