@@ -56,13 +56,13 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as e:  # noqa: BLE001 - the kernel is an accelerator, never a requirement
-            self.warn(f"facekeys: optional C kernel not built ({e}); the numpy float16 scan is used")
+            self.warn(f"facekeys: optional C extensions not built ({e}); their Python fallbacks are used")
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001
-            self.warn(f"facekeys: optional extension {ext.name} not built ({e}); the numpy float16 scan is used")
+            self.warn(f"facekeys: optional extension {ext.name} not built ({e}); its Python fallback is used")
 
 
 F16DOT = Extension(

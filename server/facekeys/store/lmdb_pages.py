@@ -202,11 +202,7 @@ class ValueLocator:
     def _root_of(self, txn_id: int, db_name: bytes) -> Optional[int]:
         """Root page of the named database in the snapshot `txn_id` (None: empty database)."""
         for meta in (0, 1):
-            off = meta * self.page_size
-            if self._map is None or off + self.page_size > len(self._map):
-                self._remap()
-                if self._map is None or off + self.page_size > len(self._map):
-                    raise _Moved("the data file has no meta pages")
+            off = self._page(meta)
             if _META_MAGIC.unpack_from(self._map, off + _HDR) != (_MAGIC, _VERSION):
                 raise _Moved("not an LMDB 0.9 data file")
             if _U64.unpack_from(self._map, off + _TXNID_AT)[0] != txn_id:
@@ -314,11 +310,7 @@ class ValueLocator:
         return [self.read(place, spans, [memoryview(rows[i, ends[j]:ends[j + 1]]) for j in range(len(spans))])
                 for i, place in enumerate(places)]
 
-    def advise(self, ranges: Sequence[Optional[tuple[int, int]]]) -> int:
-        """Ask the kernel to read these (offset, length) ranges of the data file now; returns how many."""
-        n = 0
-        for r in ranges:
-            if r is not None:
-                os.posix_fadvise(self._fd, r[0], r[1], os.POSIX_FADV_WILLNEED)
-                n += 1
-        return n
+    def advise(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Ask the kernel to read these (offset, length) ranges of the data file now."""
+        for off, n in ranges:
+            os.posix_fadvise(self._fd, off, n, os.POSIX_FADV_WILLNEED)

@@ -296,8 +296,9 @@ class LmdbTable:
                 return self._read_threaded(key_ids, lay)
             sealed = self._cipher is not None  # encrypted values are opened whole, from py-lmdb's value
             ranges = [self._locator.ranges(w, [(0, w[1])] if sealed else spans) for w in where if w is not None]
-            resident = iter(self._locator.cached([r for rs in ranges for r in rs]))
-            cold = [rs for rs in ranges if not all([next(resident) for _ in rs])]
+            resident = self._locator.cached([r for rs in ranges for r in rs])
+            ends = np.cumsum([len(rs) for rs in ranges])  # each value's ranges end there in `resident`
+            cold = [rs for rs, end in zip(ranges, ends) if not all(resident[end - len(rs):end])]
             self._locator.advise([r for rs in cold for r in rs])
             advised = len(cold)
             pick = None if layers == lay else [layers.index(i) for i in lay]
