@@ -449,8 +449,9 @@ def test_codebooks_are_retrained_as_the_store_grows():
 
 @pytest.mark.parametrize("m", [16, 32, 64, 128])
 def test_refine_scores_equal_the_pq_oracle(m, monkeypatch):
-    """The refine step's 4-bit PQ table sums (C: AVX-512 blocks of 16 rows + scalar tail, portable C, and the
-    numpy fallback) equal the inner products of the centred probe with FAISS' decoded codes."""
+    """The refine step's 4-bit PQ table sums (C: AVX-512 blocks of 16 rows or AVX2 blocks of 8 + scalar
+    tail, portable C, and the numpy fallback) equal the inner products of the centred probe with FAISS' decoded
+    codes."""
     import faiss
 
     rng = np.random.default_rng(m)

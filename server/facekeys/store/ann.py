@@ -26,16 +26,15 @@ probe, zero on the group's layers outside S, so each returns the keys with the b
 <q_S - mu_S, x_S - mu_S> over exactly the subset's layers (this is -0.5 L2 up to the key's norm term, and
 ranks cosine well because the norms concentrate). The refine step scores the `candidates` best of every shard
 again with the finer refine codes over the whole subset (the same centred inner product, 4x the code bits
-per layer of the 32-wide groups; table sums in C, `_f16dot.pq4`, 16 rows per AVX-512 step) and keeps the best
-`refine_keep` of them per probe. Those, plus the buffer's exact best, are scored exactly in float32 from the
-float16 vectors and the best k + rerank_extra re-scored in float64: returned scores are exact values of the
-metric over the stored vectors, each with a proven bound on how far float16 rounding moved it from the enrolled
-float32 key's (`f16_error_bounds`: the KeyStore re-scores from LMDB only the hits those bounds leave in
-question); only the candidate set is approximate (recall measured in
-benchmarks/bench_scale.py). Filters admitting few rows (fewer than
-`ann_exact_bytes` of float16 to scan) are answered by an exact scan of the admitted rows; broader filters
-(and deletions) fetch proportionally more candidates and drop the excluded ones (flat fast-scan indexes
-take no FAISS ID selector).
+per layer of the 32-wide groups; table sums in C, `_f16dot.pq4`, 16 rows per AVX-512 step or 8 per AVX2
+step) and keeps the best `refine_keep` of them per probe. Those, plus the buffer's exact best, are scored exactly
+in float32 from the float16 vectors and the best k + rerank_extra re-scored in float64: returned scores are
+exact values of the metric over the stored vectors, each with a proven bound on how far float16 rounding moved
+it from the enrolled float32 key's (`f16_error_bounds`: the KeyStore re-scores from LMDB only the hits those
+bounds leave in question); only the candidate set is approximate (recall measured in benchmarks/bench_scale.py).
+Filters admitting few rows (fewer than `ann_exact_bytes` of float16 to scan) are answered by an exact scan of the
+admitted rows; broader filters (and deletions) fetch proportionally more candidates and drop the excluded ones
+(flat fast-scan indexes take no FAISS ID selector).
 
 Why not IVF and why not one index per layer (measured on the synthetic pSp-like workload at 100k keys,
 benchmarks/RESULTS.md): the latents have no cluster structure, so IVF-PQ with 64 of 1024 lists found
