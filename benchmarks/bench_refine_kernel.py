@@ -5,8 +5,9 @@
 The refine step scores each fast-scan candidate's refine codes (ann_refine_m = 128 sub-quantisers per layer, 4
 bits each: 64 B per key and layer) over the subset's layers by table lookups, rows scattered over the store. This
 times those sums on random codes of `--n` rows x 18 layers for the candidate counts of one 500k-row shard at 1M
-keys (5,120 candidates for 4 and 6 layers, 15,360 for all 18), each kernel in turn on the same random rows (new
-rows every repeat, sorted as the step passes them), after warm-up, and checks that the kernels' sums agree.
+keys (5,120 candidates for 4 and 6 layers, 15,360 for all 18), each kernel in turn on the same distinct random rows
+(new rows every repeat, in no order, as the fast-scan ranking passes them), after warm-up, and checks that the
+kernels' sums agree.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main():
         sys.exit("facekeys.store._f16dot is not built: nothing to time (pip install -e . with a C compiler)")
     if args.m < 2 or args.m % 2 or 512 % args.m:
         sys.exit(f"--m must be an even divisor of 512, got {args.m}")
+    if args.warmup < 0 or args.repeats < 1:
+        sys.exit(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
     if args.n < max(c for _, c in CASES):
         sys.exit(f"--n must be at least {max(c for _, c in CASES)}")
     rng = np.random.default_rng(0)
@@ -62,7 +65,7 @@ def main():
         times = {k: [] for k in kernels}
         diff = {k: 0.0 for k in kernels}
         for r in range(args.warmup + args.repeats):
-            rows = np.sort(rng.integers(0, args.n, c)).astype(np.int64)
+            rows = rng.choice(args.n, c, replace=False).astype(np.int64)
             first = None
             for k in kernels:
                 out = np.empty(c, np.float32)

@@ -1100,8 +1100,8 @@ static T_AVX512 void pq4_rows_avx512(float *out, const uint8_t *codes, int64_t w
 }
 
 /* Adds the table lookups of 8 codes (the nibbles of v's 32-bit lanes, code 0 lowest) for 8 rows (AVX2): a code's
- * 16-entry float table is two registers; vpermps reads the index's low 3 bits of both and the nibble's bit 3,
- * shifted into the sign, picks one (no masks). */
+ * 16-entry float table is two registers, each looked up by vpermps (it reads the index's low 3 bits); the nibble's
+ * bit 3, shifted into the sign bit, picks one of the two (blendv). No masks. */
 static T_AVX2 inline void pq4_add8_avx2(__m256i v, const float *t, __m256 a[4]) {
     for (int s = 0; s < 8; s++) {
         __m256i idx = _mm256_srli_epi32(v, 4 * s);
