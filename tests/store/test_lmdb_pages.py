@@ -12,15 +12,9 @@ import pytest
 from facekeys.store import lmdb_pages
 from facekeys.store.lmdb_pages import ValueLocator
 
-pytestmark = pytest.mark.skipif(not lmdb_pages.SUPPORTED, reason="needs a 64-bit little-endian build, mincore")
-
-@pytest.fixture(autouse=True, params=["c", "python"])
-def walk(request, monkeypatch):
-    """Every test runs with the C walk (where built) and with the Python one."""
-    if request.param == "c" and lmdb_pages._lmdbwalk is None:
-        pytest.skip("_lmdbwalk was not built")
-    monkeypatch.setattr(lmdb_pages, "WALK_IN_C", request.param == "c")
-    return request.param
+# every test runs with the C walk (where built) and with the Python one (tests/store/conftest.py)
+pytestmark = [pytest.mark.skipif(not lmdb_pages.SUPPORTED, reason="needs a 64-bit little-endian build, mincore"),
+              pytest.mark.usefixtures("lmdb_walk")]
 
 
 NODEMAX = 2038  # LMDB 0.9, 4 KB pages: a leaf node (8 B + key + value) larger than this puts the value on overflow pages

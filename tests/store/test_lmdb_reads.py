@@ -119,18 +119,8 @@ def test_uncached_values_are_read_ahead_at_once(stored):
     t.close()
 
 
-@pytest.fixture(params=["c", "python"])
-def walk(request, monkeypatch):
-    """The placed reads with the C helpers (where built) and with the Python ones."""
-    if not lmdb_pages.SUPPORTED:
-        pytest.skip("needs posix_fadvise and mincore")
-    if request.param == "c" and lmdb_pages._lmdbwalk is None:
-        pytest.skip("_lmdbwalk was not built")
-    monkeypatch.setattr(lmdb_pages, "WALK_IN_C", request.param == "c")
-
-
 @pytest.mark.parametrize("layers", [(0, 1, 2, 3), (17, 3), (5,), tuple(range(18)), (3, 3, 17, 0, 1)])
-def test_placed_reads_take_the_selected_layers_from_the_file(stored, layers, walk):
+def test_placed_reads_take_the_selected_layers_from_the_file(stored, layers, lmdb_walk):
     """The placed path reads an unencrypted latent's selected layers straight from the data file: any order,
     repeats, gaps."""
     path, x, ids = stored
@@ -141,7 +131,7 @@ def test_placed_reads_take_the_selected_layers_from_the_file(stored, layers, wal
     t.close()
 
 
-def test_a_place_whose_page_header_disagrees_is_read_through_lmdb(stored, monkeypatch, walk):
+def test_a_place_whose_page_header_disagrees_is_read_through_lmdb(stored, monkeypatch, lmdb_walk):
     """A place one page off (as a wrong or stale one would be) fails the header check: the value is read through
     py-lmdb instead, and the answer is the same."""
     path, x, ids = stored
