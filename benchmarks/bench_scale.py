@@ -175,7 +175,7 @@ def run_index(args, lines):
     n = args.n
     wl = Workload(n, args.genuine, args.impostors)
     truth = Float32Truth(wl.probes)
-    cfg = StoreConfig(index_mode="ann", ann_candidates=args.candidates, ann_pq_m=args.pq_m,
+    cfg = StoreConfig(index_mode="ann", ann_candidates=args.candidates, ann_refine=args.refine, ann_pq_m=args.pq_m,
                       ann_backend=args.backend, ann_threads=args.threads,
                       **({"ann_groups": tuple(args.groups)} if args.groups else {}))
     root = Path(args.workdir) / f"scale-{n}"
@@ -423,7 +423,8 @@ def main():
     ap.add_argument("--timed", type=int, default=100, help="single-probe Match timings per case")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--exact-repeats", type=int, default=3)
-    ap.add_argument("--candidates", type=int, default=0)
+    ap.add_argument("--candidates", type=int, default=0, help="ann_candidates per shard (0: sized from N)")
+    ap.add_argument("--refine", type=int, default=0, help="ann_refine: kept by the refine step (0: sized from N)")
     ap.add_argument("--groups", nargs="*", help="layer groups (default: the config's)")
     ap.add_argument("--pq-m", type=int, default=64)
     ap.add_argument("--backend", default="auto", choices=("auto", "pq", "flat"),

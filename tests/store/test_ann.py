@@ -244,9 +244,9 @@ def test_merges_and_compaction_keep_answers_exact():
 
 
 def test_group_specs_and_cover_by_code_bytes():
-    """ "layers/m" sets a group's sub-quantisers per layer; a subset is covered at the fewest code bytes per
-    layer answered, ties going to more layers, then to the finer PQ; a group coarser than ann_pq_m only answers
-    for COARSE_MIN_LAYERS (5) subset layers or more."""
+    """ "layers/m" sets a group's sub-quantisers per layer; a group of exactly the subset's layers covers it;
+    otherwise a subset is covered at the fewest code bytes per layer answered, ties going to more layers, then to
+    the finer PQ; a group coarser than ann_pq_m only answers for COARSE_MIN_LAYERS (5) subset layers or more."""
     from facekeys.store.config import parse_group
 
     assert parse_group("high:16/32", 64) == (tuple(range(16)), 32)
@@ -271,6 +271,15 @@ def test_group_specs_and_cover_by_code_bytes():
     try:
         assert cover("high:5") == [(1, 8, 32, 5)]
         assert cover("high:4") == [(1, 1, 64, 1), (2, 2, 64, 1), (3, 3, 64, 1), (4, 4, 64, 1)]  # not high:8/32
+    finally:
+        ix.close(snapshot=False)
+    # a group of exactly the subset wins although single layers scan fewer bytes (4 x 32 B against 4 x 64 B), the
+    # finest of several; other subsets are covered by bytes as before
+    ix = AnnLayerIndex(StoreConfig(index_mode="ann", ann_backend="pq", ann_groups=("high:4/128", "high:4/32")), None,
+                       background=False)
+    try:
+        assert cover("high:4") == [(1, 4, 128, 4)]
+        assert cover("high:3") == [(1, 1, 64, 1), (2, 2, 64, 1), (3, 3, 64, 1)]
     finally:
         ix.close(snapshot=False)
 

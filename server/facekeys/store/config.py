@@ -52,8 +52,9 @@ class StoreConfig:
     #                     key and layer (64 -> 32 B, 8 dims each)
     ann_groups: tuple = ("high:4", "high:6/32", "high:8/32", "high:16/32", "9-16/32", "low:4", "low:2")
     #                     layer groups with a concatenated-code index, "layers" or "layers/m" (m sub-quantisers
-    #                     per layer, default ann_pq_m; at most 512 per index); a subset is served by the groups
-    #                     covering it at the fewest code bytes, every single layer being a group too. Large groups
+    #                     per layer, default ann_pq_m; at most 512 per index); a subset is served by a group of
+    #                     exactly its layers if one is listed (the finest), else by the groups covering it at the
+    #                     fewest code bytes, every single layer being a group too. Large groups
     #                     use 32 per layer: half the bytes per scan at nearly the same recall (benchmarks/RESULTS.md
     #                     section 2); a group coarser than ann_pq_m serves only 5+ of a subset's layers
     ann_backend: str = "auto"  # candidate generator: "pq" (CPU PQ fast-scan group indexes; their k-means on the GPU
