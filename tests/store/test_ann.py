@@ -282,6 +282,14 @@ def test_group_specs_and_cover_by_code_bytes():
         assert cover("high:3") == [(1, 1, 64, 1), (2, 2, 64, 1), (3, 3, 64, 1)]
     finally:
         ix.close(snapshot=False)
+    # ... but not a group too coarse for its few layers
+    ix = AnnLayerIndex(StoreConfig(index_mode="ann", ann_backend="pq", ann_groups=("high:4/32", "high:5/32")), None,
+                       background=False)
+    try:
+        assert cover("high:4") == [(1, 1, 64, 1), (2, 2, 64, 1), (3, 3, 64, 1), (4, 4, 64, 1)]
+        assert cover("high:5") == [(1, 5, 32, 5)]
+    finally:
+        ix.close(snapshot=False)
 
 
 def _float16_flips(n_pairs: int = 2000, seed: int = 5):

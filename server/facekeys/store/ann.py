@@ -23,8 +23,8 @@ Layout (one `AnnLayerIndex` per encoder):
 
 Search over a layer subset S: a configured group of exactly S, else the groups covering S (fewest code bytes
 scanned) are searched with the centred probe, zero on the group's layers outside S, so each returns the keys with
-the best approximate <q_S - mu_S, x_S - mu_S> over exactly the subset's layers (this is -0.5 L2 up to the key's norm term, and
-ranks cosine well because the norms concentrate). The refine step scores the `candidates` best of every shard
+the best approximate <q_S - mu_S, x_S - mu_S> over exactly the subset's layers (this is -0.5 L2 up to the key's
+norm term, and ranks cosine well because the norms concentrate). The refine step scores the `candidates` best of every shard
 again with the finer refine codes over the whole subset (the same centred inner product, 4x the code bits
 per layer of the 32-wide groups; table sums in C, `_f16dot.pq4`, 16 rows per AVX-512 step or 8 per AVX2
 step) and keeps the best `refine_keep` of them per probe. Those, plus the buffer's exact best, are scored exactly
@@ -700,15 +700,16 @@ class AnnLayerIndex(FilterColumns):
     # ANN candidates -------------------------------------------------------------------------------
     def cover(self, layers: Sequence[int]) -> list[tuple[tuple[tuple[int, ...], int], tuple[int, ...]]]:
         """Group indexes that together hold the subset: a configured group of exactly the subset's layers (the
-        finest if several), whatever its bytes (one joint ranking; wider sub-quantisers are configured for
-        recall); else greedily (most new subset layers per byte of codes scanned, then most layers, then the
-        finer PQ; a group coarser than ann_pq_m only where it answers for at least COARSE_MIN_LAYERS of them):
-        [((group layers, m), subset layers it answers for)].
+        finest if several; not coarser than ann_pq_m below COARSE_MIN_LAYERS), whatever its bytes (one joint
+        ranking; wider sub-quantisers are configured for recall); else greedily (most new subset layers per byte
+        of codes scanned, then most layers, then the finer PQ; a group coarser than ann_pq_m only where it answers
+        for at least COARSE_MIN_LAYERS of them): [((group layers, m), subset layers it answers for)].
         FAISS fast-scan accumulates in 16 bits and breaks beyond ~512 sub-quantisers (measured), so a group
         holds at most 512 / m layers and a larger subset is answered by several groups whose candidates are
         pooled."""
         left = set(layers)
-        same = [g for g in self._groups if set(g[0]) == left]
+        same = [g for g in self._groups if set(g[0]) == left
+                and (g[1] >= self.config.ann_pq_m or len(g[0]) >= COARSE_MIN_LAYERS)]
         if same:
             g = max(same, key=lambda g: g[1])
             return [(g, g[0])]
