@@ -24,9 +24,9 @@ Layout (one `AnnLayerIndex` per encoder):
 Search over a layer subset S: a configured group of exactly S, else the groups covering S (fewest code bytes
 scanned) are searched with the centred probe, zero on the group's layers outside S, so each returns the keys with
 the best approximate <q_S - mu_S, x_S - mu_S> over exactly the subset's layers (this is -0.5 L2 up to the key's
-norm term, and ranks cosine well because the norms concentrate). The refine step scores the `candidates` best of every shard
-again with the finer refine codes over the whole subset (the same centred inner product, 4x the code bits
-per layer of the 32-wide groups; table sums in C, `_f16dot.pq4`, 16 rows per AVX-512 step or 8 per AVX2
+norm term, and ranks cosine well because the norms concentrate). The refine step scores the `candidates` best of
+every shard again with the finer refine codes over the whole subset (the same centred inner product, 4x the code
+bits per layer of the 32-wide groups; table sums in C, `_f16dot.pq4`, 16 rows per AVX-512 step or 8 per AVX2
 step) and keeps the best `refine_keep` of them per probe. Those, plus the buffer's exact best, are scored exactly
 in float32 from the float16 vectors and the best k + rerank_extra re-scored in float64: returned scores are
 exact values of the metric over the stored vectors, each with a proven bound on how far float16 rounding moved
