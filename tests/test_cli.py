@@ -93,3 +93,25 @@ def test_serve_chooses_the_index_mode(tmp_path):
     for bad in (("--index-mode", "hnsw"), ("--ann-backend", "gpu"), ("--vector-dtype", "int8")):
         p = run("serve", "--data-dir", tmp_path / "f", "--port", 0, *bad, check=False)
         assert p.returncode != 0 and bad[1] in p.stderr
+
+
+def test_serve_sets_the_ann_groups_candidates_and_refine(tmp_path):
+    """`facekeys serve --ann-groups "high:4/128 high:6/64" --ann-candidates N --ann-refine N` reach StoreConfig
+    (omitted: its defaults); values StoreConfig refuses exit non-zero with the reason."""
+    from facekeys.cli import _server_config, build_parser
+    from facekeys.store import StoreConfig
+
+    def store(*argv):
+        return _server_config(build_parser().parse_args(["serve", "--data-dir", str(tmp_path / "d"), *argv])).store
+
+    st = store("--index-mode", "ann", "--ann-groups", " high:4/128  high:6/64 ", "--ann-candidates", "8192",
+               "--ann-refine", "2048")
+    assert (st.ann_groups, st.ann_candidates, st.ann_refine) == (("high:4/128", "high:6/64"), 8192, 2048)
+    st, default = store(), StoreConfig()
+    assert (st.ann_groups, st.ann_candidates, st.ann_refine) == (default.ann_groups, 0, 0)
+    for bad, said in ((("--ann-groups", "high:4/7"), "'high:4/7': m must be one of"),
+                      (("--ann-groups", "1-18/64"), "must hold 2..8 layers"),
+                      (("--ann-refine", "-1"), "ann_refine must be in"),
+                      (("--ann-candidates", "99999"), "ann_candidates must be in")):
+        p = run("serve", "--data-dir", tmp_path / "f", "--port", 0, *bad, check=False)
+        assert p.returncode != 0 and said in p.stderr, (bad, p.stderr)

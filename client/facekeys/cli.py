@@ -39,8 +39,10 @@ def _server_config(args):
 
     thresholds = {k: v for k, v in (("cosine_threshold", args.cosine_threshold),
                                     ("l2_threshold", args.l2_threshold)) if v is not None}
+    groups = {"ann_groups": tuple(args.ann_groups.split())} if args.ann_groups is not None else {}
     store = StoreConfig(map_size=args.map_size, index_mode=args.index_mode, vector_dtype=args.vector_dtype,
-                        ann_backend=args.ann_backend, **thresholds)
+                        ann_backend=args.ann_backend, ann_candidates=args.ann_candidates, ann_refine=args.ann_refine,
+                        **groups, **thresholds)
     security = security_config(args)
 
     def path(v):
@@ -282,6 +284,16 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ann-backend", choices=("auto", "pq", "flat"), default="auto",
                    help="ann candidates: auto = a FAISS GPU flat index when the FAISS GPU build sees a GPU, else "
                         "CPU PQ fast-scan (pq)")
+    p.add_argument("--ann-groups", metavar="SPECS",
+                   help='ann (pq): layer-group indexes, space-separated "layers" or "layers/m" (default: '
+                        "StoreConfig.ann_groups); a group of exactly a subset's layers serves it, so \"high:4/128 "
+                        'high:6/64 ..." buys impostor recall for twice the bytes scanned (README, Index modes)')
+    p.add_argument("--ann-candidates", type=int, default=0, metavar="N",
+                   help="ann: default candidates per shard (0 = sized from the number of keys); Match may ask for "
+                        "others")
+    p.add_argument("--ann-refine", type=int, default=0, metavar="N",
+                   help="ann (pq): candidates the refine step keeps for the exact re-rank (0 = sized from the number "
+                        "of keys)")
     p.add_argument("--cosine-threshold", type=float,
                    help="default accept threshold (cosine >=; default: StoreConfig's, calibrated on the synthetic "
                         "workload); calibrate on your data with `facekeys bench recall`")
