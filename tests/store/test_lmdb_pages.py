@@ -12,9 +12,9 @@ import pytest
 from facekeys.store import lmdb_pages
 from facekeys.store.lmdb_pages import ValueLocator
 
-# every test runs with the C walk (where built) and with the Python one (tests/store/conftest.py)
-pytestmark = [pytest.mark.skipif(not lmdb_pages.SUPPORTED, reason="needs a 64-bit little-endian build, mincore"),
-              pytest.mark.usefixtures("lmdb_walk")]
+# every test runs with the C walk (where built) and with the Python one, and is skipped where lmdb_pages is not
+# supported (the fixture in tests/store/conftest.py)
+pytestmark = pytest.mark.usefixtures("lmdb_walk")
 
 
 NODEMAX = 2038  # LMDB 0.9, 4 KB pages: a leaf node (8 B + key + value) larger than this puts the value on overflow pages
