@@ -9,7 +9,6 @@ import lmdb
 import numpy as np
 import pytest
 
-from facekeys.store import lmdb_pages
 from facekeys.store.lmdb_pages import ValueLocator
 
 # every test runs with the C walk (where built) and with the Python one, and is skipped where lmdb_pages is not
