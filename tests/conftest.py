@@ -24,9 +24,8 @@ def store_factory(tmp_path):
         s.close()
 
 
-@pytest.fixture
-def server_factory(tmp_path):
-    """Start real KeyStoreServers on 127.0.0.1:0; stopped at teardown."""
+def _servers(base):
+    """A maker of real KeyStoreServers on 127.0.0.1:0 with data dirs under `base`, and the list it started."""
     from facekeys.server import KeyStoreServer, ServerConfig
     from facekeys.store import StoreConfig
 
@@ -35,10 +34,27 @@ def server_factory(tmp_path):
     def make(name="srv", store=None, **cfg):
         store_cfg = StoreConfig(**{"map_size": 1 << 30, **(store or {})})
         cfg.setdefault("metrics_port", 0)
-        srv = KeyStoreServer(ServerConfig(data_dir=tmp_path / name, port=0, store=store_cfg, **cfg)).start()
+        srv = KeyStoreServer(ServerConfig(data_dir=base / name, port=0, store=store_cfg, **cfg)).start()
         started.append(srv)
         return srv
 
+    return make, started
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """Start real KeyStoreServers on 127.0.0.1:0; stopped at teardown."""
+    make, started = _servers(tmp_path)
+    yield make
+    for srv in started:
+        srv.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(tmp_path_factory):
+    """As server_factory, for servers shared by a module's tests (ones that only read what the fixture stored):
+    stopped after the module's last test."""
+    make, started = _servers(tmp_path_factory.mktemp("servers"))
     yield make
     for srv in started:
         srv.stop(grace=0)

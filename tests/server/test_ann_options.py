@@ -29,9 +29,11 @@ CFG = dict(index_mode="ann", ann_backend="pq", ann_train_min=1024, ann_merge_idl
            ann_max_candidates=MAX_C, durable=False)
 
 
-@pytest.fixture
-def ann_server(server_factory):
-    srv = server_factory(store=CFG)
+@pytest.fixture(scope="module")
+def ann_server(module_server_factory):
+    """A trained ann server over N keys, shared by the module's tests: they only Match and read Stats (training
+    18 layers' PQs is most of a test's time)."""
+    srv = module_server_factory(store=CFG)
     gallery = random_keys(N, seed=5)
     with Client(srv.address) as c:
         ids = [k.key_id for i in range(0, N, 250) for k in c.enroll([NewKey(x, "enc") for x in gallery[i:i + 250]])]

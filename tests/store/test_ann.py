@@ -375,10 +375,29 @@ def test_f16_error_bounds_hold_and_are_near_the_worst_case(metric, d):
         assert zero.any() and np.all(np.isinf(bound[zero]))
 
 
-@pytest.mark.parametrize("mode", [dict(vector_dtype="float16"), dict(CFG, ann_exact_bytes=0)])
+@pytest.fixture(scope="module", params=["float16", "ann"])
+def rescoring_store(request, tmp_path_factory):
+    """A KeyStore (float16 exact or ann mode) of 1,100 random keys, one of them enrolled thrice, and 14 keys
+    around it closer together than float16 resolves; shared by the tests that only Match it: (store, keys, ids)."""
+    from facekeys.store import KeyStore
+
+    mode = dict(vector_dtype="float16") if request.param == "float16" else dict(CFG, ann_exact_bytes=0)
+    rng = np.random.default_rng(41)
+    gallery = random_keys(1100, seed=31)
+    base = gallery[0]
+    cluster = (base + 1e-4 * rng.standard_normal((14, 18, 512))).astype(np.float32)
+    path = tmp_path_factory.mktemp("rescoring") / "store"
+    store = KeyStore.open(path, StoreConfig(map_size=1 << 30, durable=False, **mode))
+    keys = np.concatenate([gallery, base[None], base[None], cluster])
+    ids = enrol(store, keys)
+    store._indexes["enc"].sync()
+    yield store, keys, ids
+    store.close()
+
+
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("margin", [None, -1e9, 1e9])
-def test_float16_match_rescores_only_keys_that_can_rank(store_factory, monkeypatch, mode, metric, margin):
+def test_float16_match_rescores_only_keys_that_can_rank(rescoring_store, monkeypatch, metric, margin):
     """Match reads from LMDB only the float16 hits whose error bounds reach the k-th: a probe near one key asks
     top_k=1 and reads that key alone; a key enrolled three times is read thrice and ordered by key id; 14 keys
     closer together than float16 resolves come back in the float32 order with the float32 scores. The same when
@@ -387,14 +406,9 @@ def test_float16_match_rescores_only_keys_that_can_rank(store_factory, monkeypat
 
     if margin is not None:
         monkeypatch.setattr(keystore, "FIRST_READ_MARGIN", margin)
-    rng = np.random.default_rng(41)
-    gallery = random_keys(1100, seed=31)
-    base = gallery[0]
-    cluster = (base + 1e-4 * rng.standard_normal((14, 18, 512))).astype(np.float32)
-    store = store_factory(**mode)
-    keys = np.concatenate([gallery, base[None], base[None], cluster])
-    ids = enrol(store, keys)
-    store._indexes["enc"].sync()
+    store, keys, ids = rescoring_store
+    gallery, base = keys[:1100], keys[0]
+    rng = np.random.default_rng(42)
     table = store._table
     noise = (0.05 * rng.standard_normal((2, 18, 512))).astype(np.float32)
 
@@ -429,7 +443,8 @@ def test_codebooks_are_retrained_as_the_store_grows():
     from facekeys.store.ann import RETRAIN_GROWTH
 
     data = make_workload(SyntheticConfig(identities=7000, seed=13))
-    ix = AnnLayerIndex(StoreConfig(**CFG, ann_exact_bytes=0, ann_train_sample=4096), None, background=False)
+    sample = 2048  # ann_train_sample: trained at 1,100 keys, again at 2,200, then no more
+    ix = AnnLayerIndex(StoreConfig(**CFG, ann_exact_bytes=0, ann_train_sample=sample), None, background=False)
     try:
         ix.add(np.arange(1, 1101), data.gallery[:1100], attrs(1100, 1))
         ix.sync()
@@ -443,17 +458,12 @@ def test_codebooks_are_retrained_as_the_store_grows():
         assert ix._trained_n == n and ix._codebooks is not first and len(ix._segments) == 1
         assert len(ix._segments[0].rows) == n and ix.buffered == 0
         assert not np.array_equal(ix._codebooks.means, first.means)
-        if n < 4096:  # once more, up to ann_train_sample
-            m = 2 * n
-            ix.add(np.arange(n + 1, m + 1), data.gallery[n:m], attrs(m - n, 3))
-            ix.sync()
-            assert ix._trained_n == m
-            n = m
-        ix.add(np.arange(n + 1, n + 2001), data.gallery[n : n + 2000], attrs(2000, 4))
-        ix.sync()  # the last training saw >= ann_train_sample keys: no more retraining
-        assert ix._trained_n == n and len(ix) == n + 2000
+        assert n >= sample  # this training saw ann_train_sample keys
+        total = RETRAIN_GROWTH * n  # grown RETRAIN_GROWTH-fold again
+        ix.add(np.arange(n + 1, total + 1), data.gallery[n:total], attrs(total - n, 4))
+        ix.sync()  # but the last training saw >= ann_train_sample keys: no more retraining
+        assert ix._trained_n == n and len(ix) == total
         probes = data.probes[:100]
-        total = n + 2000
         for subset in ("high:4", "all"):
             lay = parse_layers(subset)
             ann = ix.search(probes, lay, "l2", 10, Filter())

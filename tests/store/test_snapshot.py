@@ -3,6 +3,7 @@ disagree), corrupt snapshots rebuilt, and a crash mid-write leaves the previous 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -30,14 +31,24 @@ def index_dirs(path):
     return sorted((path / "indexes").glob("idx-*"))
 
 
-@pytest.fixture
-def built(tmp_path):
-    """A closed ann store of 1500 keys with a trained index and a snapshot."""
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory):
+    """A closed ann store of 1500 keys with a trained index and a snapshot, built once per module (training is
+    most of the time); each test gets a copy (`built`)."""
+    path = tmp_path_factory.mktemp("snapshot") / "s"
     gallery = random_keys(1500, seed=31)
-    with KeyStore.open(tmp_path / "s", StoreConfig(**ANN)) as store:
+    with KeyStore.open(path, StoreConfig(**ANN)) as store:
         ids = enrol(store, gallery)
         store._indexes["enc"].sync()
         before = top1(store, gallery[:4])
+    return path, gallery, ids, before
+
+
+@pytest.fixture
+def built(built_once, tmp_path):
+    """A private copy of the built store: (path, gallery, key ids, top-3 of the first 4 keys before closing)."""
+    path, gallery, ids, before = built_once
+    shutil.copytree(path, tmp_path / "s")
     return tmp_path / "s", gallery, ids, before
 
 
