@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture
-def store_factory(tmp_path):
-    """Open KeyStores in temp dirs; all closed at teardown."""
+def _stores(base):
+    """A maker of KeyStores in temp dirs under `base` (1 GiB map, not durable unless asked), and the list it
+    opened."""
     from facekeys.store import KeyStore, StoreConfig
 
     opened = []
@@ -15,10 +15,27 @@ def store_factory(tmp_path):
     def make(name="store", **cfg):
         cfg.setdefault("map_size", 1 << 30)
         cfg.setdefault("durable", False)
-        s = KeyStore.open(tmp_path / name, StoreConfig(**cfg))
+        s = KeyStore.open(base / name, StoreConfig(**cfg))
         opened.append(s)
         return s
 
+    return make, opened
+
+
+@pytest.fixture
+def store_factory(tmp_path):
+    """Open KeyStores in temp dirs; all closed at teardown."""
+    make, opened = _stores(tmp_path)
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def module_store_factory(tmp_path_factory):
+    """As store_factory, for stores shared by a module's tests (ones that only read what the fixture stored):
+    closed after the module's last test."""
+    make, opened = _stores(tmp_path_factory.mktemp("stores"))
     yield make
     for s in opened:
         s.close()

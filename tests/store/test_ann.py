@@ -376,23 +376,19 @@ def test_f16_error_bounds_hold_and_are_near_the_worst_case(metric, d):
 
 
 @pytest.fixture(scope="module", params=["float16", "ann"])
-def rescoring_store(request, tmp_path_factory):
+def rescoring_store(request, module_store_factory):
     """A KeyStore (float16 exact or ann mode) of 1,100 random keys, one of them enrolled thrice, and 14 keys
     around it closer together than float16 resolves; shared by the tests that only Match it: (store, keys, ids)."""
-    from facekeys.store import KeyStore
-
     mode = dict(vector_dtype="float16") if request.param == "float16" else dict(CFG, ann_exact_bytes=0)
     rng = np.random.default_rng(41)
     gallery = random_keys(1100, seed=31)
     base = gallery[0]
     cluster = (base + 1e-4 * rng.standard_normal((14, 18, 512))).astype(np.float32)
-    path = tmp_path_factory.mktemp("rescoring") / "store"
-    store = KeyStore.open(path, StoreConfig(map_size=1 << 30, durable=False, **mode))
+    store = module_store_factory(request.param, **mode)
     keys = np.concatenate([gallery, base[None], base[None], cluster])
     ids = enrol(store, keys)
     store._indexes["enc"].sync()
-    yield store, keys, ids
-    store.close()
+    return store, keys, ids
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
