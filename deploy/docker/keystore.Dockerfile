@@ -17,15 +17,15 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/facekeys
 ENV PATH=/opt/facekeys/bin:$PATH
 WORKDIR /src
-COPY deploy/docker/constraints.txt /tmp/constraints.txt
+COPY requirements.lock scripts/locked.py deploy/docker/install-locked.sh /tmp/lock/
 COPY pyproject.toml setup.py MANIFEST.in README* ./
 COPY proto ./proto
 COPY client ./client
 COPY server ./server
 COPY indexer ./indexer
 COPY benchmarks ./benchmarks
-# A regular (not editable) install: the image keeps no source tree.
-RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[server]"
+# A regular (not editable) install at requirements.lock's versions, hashes checked; the image keeps no source tree.
+RUN sh /tmp/lock/install-locked.sh server
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="facekeys-keystore" \

@@ -12,16 +12,16 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/facekeys
 ENV PATH=/opt/facekeys/bin:$PATH
 WORKDIR /src
-COPY deploy/docker/constraints.txt /tmp/constraints.txt
-# CPU-only torch first, from PyTorch's CPU wheel index (no CUDA libraries: ~4x smaller image).
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY requirements.lock scripts/locked.py deploy/docker/install-locked.sh /tmp/lock/
 COPY pyproject.toml setup.py MANIFEST.in README* ./
 COPY proto ./proto
 COPY client ./client
 COPY server ./server
 COPY indexer ./indexer
 COPY benchmarks ./benchmarks
-RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[server,models,recovery]"
+# At requirements.lock's versions, hashes checked; its CPU-only torch (torch==2.13.0+cpu, no CUDA libraries: ~4x
+# smaller image) comes from PyTorch's CPU wheel index.
+RUN PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu sh /tmp/lock/install-locked.sh server,models,recovery
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="facekeys-recovery" \

@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/facekeys
 ENV PATH=/opt/facekeys/bin:$PATH
 WORKDIR /src
-COPY deploy/docker/constraints.txt /tmp/constraints.txt
+COPY requirements.lock scripts/locked.py deploy/docker/install-locked.sh /tmp/lock/
 # CUDA torch from PyPI: its wheels carry the CUDA runtime, cuDNN and cuBLAS as nvidia-* packages, so a
 # slim base is enough; the host needs only the NVIDIA driver + container toolkit (docker run --gpus all).
 RUN pip install --no-cache-dir torch==2.13.0
@@ -22,7 +22,8 @@ COPY client ./client
 COPY server ./server
 COPY indexer ./indexer
 COPY benchmarks ./benchmarks
-RUN pip install --no-cache-dir -c /tmp/constraints.txt ".[server,models,recovery]"
+# Everything else at requirements.lock's versions, hashes checked (the lock's CPU torch left out).
+RUN sh /tmp/lock/install-locked.sh server,models,recovery torch
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="facekeys-recovery" \

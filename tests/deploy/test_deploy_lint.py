@@ -231,7 +231,9 @@ def test_dockerfile_runtime_policy(dockerfile):
         assert 'CMD ["facekeys-health"]' in health[0] and "--start-period=" in health[0]
         assert "EXPOSE" in words
     assert any(w == "ENTRYPOINT" and "facekeys-entrypoint" in r for w, r in final)
-    pip_lines = " ".join(r for w, r in _instructions(dockerfile) if w == "RUN" and "pip install" in r)
+    pip_lines = " ".join(r for w, r in _instructions(dockerfile)
+                         if w == "RUN" and ("pip install" in r or "install-locked.sh" in r))
+    assert "sh /tmp/lock/install-locked.sh " in pip_lines, "every image installs from requirements.lock"
     if "cuda" in dockerfile.name:
         assert "whl/cpu" not in pip_lines
         assert any(w == "ENV" and "NVIDIA_VISIBLE_DEVICES=all" in r for w, r in final)
@@ -239,8 +241,8 @@ def test_dockerfile_runtime_policy(dockerfile):
             assert "uninstall -y faiss-cpu" in pip_lines and re.search(r"faiss-gpu==[0-9.]+", pip_lines)
         else:
             assert "torch==" in pip_lines
-    elif not dockerfile.name.startswith("keystore"):
-        assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in pip_lines
+    elif not dockerfile.name.startswith("keystore"):  # the lock's torch==...+cpu, from PyTorch's CPU wheel index
+        assert "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu sh /tmp/lock/install-locked.sh" in pip_lines
     if dockerfile.name == "indexer-cuda.Dockerfile":
         assert "onnxruntime-gpu" in pip_lines
 
@@ -272,7 +274,7 @@ def test_build_stage_context_builds_a_wheel(tmp_path):
         args = [a for a in r.split() if not a.startswith("--")]
         srcs, dst = args[:-1], args[-1]
         if dst.startswith("/"):
-            continue  # /tmp/constraints.txt
+            continue  # /tmp/lock/ (requirements.lock, scripts/locked.py)
         for src in srcs:
             for m in ROOT.glob(src):
                 target = ctx / (m.name if dst.endswith("/") or dst == "./" else dst.removeprefix("./"))
@@ -290,22 +292,6 @@ def test_build_stage_context_builds_a_wheel(tmp_path):
     for want in ("facekeys/server/app.py", "facekeys/v1/keystore_pb2.py", "facekeys/v1/keystore_pb2_grpc.py",
                  "facekeys/store/keystore.py", "facekeys/cli.py"):
         assert want in names, want
-
-
-def test_constraints_match_the_tested_environment():
-    """The images pin what the tests ran with; a drift here means the image is not what CI tested."""
-    import importlib.metadata as md
-
-    for line in (DOCKER / "constraints.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if not line:
-            continue
-        name, version = line.split("==")
-        try:
-            have = md.version(name)
-        except md.PackageNotFoundError:
-            continue  # e.g. onnxruntime-gpu: not installable here
-        assert have.split("+")[0] == version, f"{name}: constraints.txt pins {version}, tests run {have}"
 
 
 # -- Compose ---------------------------------------------------------------------------------------------

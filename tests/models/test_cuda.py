@@ -14,7 +14,7 @@ import torch
 from facekeys.models import FaceEncoder, FaceGenerator
 from facekeys.models.checkpoint import save_random_psp_checkpoint
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from facekeys.store.flat import D_FLAT, FlatCandidates, flat_probe, gpu_count, n
 
 from fkhelpers import attrs, random_keys
 
-pytestmark = pytest.mark.skipif(gpu_count() == 0, reason="needs the FAISS GPU build and a GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() == 0, reason="needs the FAISS GPU build and a GPU")]
 
 
 def _rows(x16: np.ndarray) -> np.ndarray:
