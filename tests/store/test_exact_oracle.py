@@ -211,7 +211,7 @@ def test_flat_index_grows_compacts_and_keeps_rows_on_huge_pages():
                 want = dict(zip(alive.tolist(), oracle(gallery[alive], probe, sel, metric)))
                 assert_topk_matches_oracle(hits, want, 10, metric)
     thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() if sys.platform == "linux" else "[never]"
-    rows = idx._layer(0)
+    rows = idx._layer(0, len(idx))
     huge = _anon_huge_kib(rows.ctypes.data, rows.ctypes.data + rows.nbytes)
     if "[never]" in thp or huge is None:
         pytest.skip(f"transparent huge pages unavailable here ({thp.strip()})")

@@ -423,7 +423,11 @@ class AnnLayerIndex(FilterColumns):
         self.ann = ann
         self.mode = "ann" if ann else "exact"
         self.backend = resolve_backend(config) if ann else ""  # "pq", "flat-gpu", "flat-cpu"; "" for exact
+        # Searches share _lock. Adds never take it: they write rows past _store.rows (F16Store and the columns grow
+        # by copying, so a running search may read old or new arrays: both agree below its rows) and publish
+        # _store.rows last. Removal (which zeroes rows) and the background publishes take it exclusively.
         self._lock = RWLock()
+        self._write_mutex = threading.Lock()  # one add or remove at a time
         self._store = F16Store(self.path / "vectors" if self.path else None)
         cap = 1024
         self._ids = np.zeros(cap, np.int64)
@@ -493,7 +497,7 @@ class AnnLayerIndex(FilterColumns):
         x64 = f16_to_f64(x16)
         norm2 = np.einsum("nld,nld->ln", x64, x64).astype(np.float32)  # (18, m), of the stored values
         del x64
-        with self._lock.write():
+        with self._write_mutex:  # not the search lock: rows past _store.rows are published last (see __init__)
             dup = [int(i) for i in ids if int(i) in self._pos]
             if dup or len(set(ids.tolist())) != m:
                 raise InvalidArgument(f"add: key ids already indexed or repeated: {dup[:5]}")
@@ -510,15 +514,15 @@ class AnnLayerIndex(FilterColumns):
             self._t1[s] = [a.t_end for a in attrs]
             for j, key_id in enumerate(ids.tolist()):
                 self._pos[key_id] = n + j
-            self._store.rows = n + m
-            self._count += m
             self._norm2_sum += norm2.sum(1, dtype=np.float64)
+            self._store.rows = n + m  # publish: searches starting from here see the new rows
+            self._count += m  # after: a search counts at most the alive rows it sees
             self._last_add = time.monotonic()
             self._dirty = True
         self._notify()
 
     def remove(self, ids: np.ndarray) -> int:
-        with self._lock.write():
+        with self._write_mutex, self._lock.write():
             rows = np.array(sorted({self._pos.pop(int(i)) for i in ids if int(i) in self._pos}), np.int64)
             if len(rows) == 0:
                 return 0

@@ -27,6 +27,7 @@ stored vectors, so returned scores are exact.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
@@ -222,7 +223,12 @@ class FlatLayerIndex(FilterColumns):
     rather than an `IndexFlatIP`'s own `std::vector` because numpy puts large buffers on 2 MiB transparent huge
     pages (THP is madvise-only on these hosts, FAISS never advises): the same kernel over the same rows scans
     1-11 % faster from them in `benchmarks/bench_pages.py` (up to 29 % in earlier ad-hoc runs;
-    benchmarks/RESULTS.md section 1)."""
+    benchmarks/RESULTS.md section 1).
+
+    Adds never wait for searches: rows are append-only. A search reads `_n` once and touches rows below it only;
+    an add writes its rows past `_n` (into new arrays when capacity grows: the old rows are copied first, so both
+    arrays agree below `_n`, and a running search may read either) and publishes the new `_n` last. Only a
+    removal, which compacts rows in place, takes the lock exclusively and waits for running searches."""
 
     mode = "exact"
 
@@ -234,7 +240,8 @@ class FlatLayerIndex(FilterColumns):
         if self._threads > 1:
             single_threaded_blas()
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="scan", initializer=_one_omp_thread)
-        self._lock = RWLock()
+        self._lock = RWLock()  # searches shared; exclusive only for remove (adds publish rows past _n instead)
+        self._write_mutex = threading.Lock()  # one add or remove at a time
         self._n = 0
         cap = 1024
         self._ids = np.zeros(cap, np.int64)
@@ -257,7 +264,7 @@ class FlatLayerIndex(FilterColumns):
         m = len(ids)  # latents: (m, 18, 512) float32
         if latents.shape != (m, N_LAYERS, DIM) or len(attrs) != m:
             raise InvalidArgument("add: ids, latents and attrs disagree in length or shape")
-        with self._lock.write():
+        with self._write_mutex:  # not the search lock: see the class docstring
             dup = [int(i) for i in ids if int(i) in self._pos]
             if dup:
                 raise InvalidArgument(f"add: key ids already indexed: {dup[:5]}")
@@ -273,10 +280,10 @@ class FlatLayerIndex(FilterColumns):
             self._t1[s] = [a.t_end for a in attrs]
             for j, key_id in enumerate(ids):
                 self._pos[int(key_id)] = n + j
-            self._n = n + m
+            self._n = n + m  # publish: searches starting from here see the new rows
 
     def remove(self, ids: np.ndarray) -> int:
-        with self._lock.write():
+        with self._write_mutex, self._lock.write():  # compaction moves rows that running searches may read
             positions = np.array(sorted({self._pos[int(i)] for i in ids if int(i) in self._pos}), np.int64)
             if len(positions) == 0:
                 return 0
@@ -306,15 +313,16 @@ class FlatLayerIndex(FilterColumns):
         per_row = N_LAYERS * DIM * 4 + N_LAYERS * 4 + sum(getattr(self, c)[:1].nbytes for c in self._COLUMNS)
         return self._n * per_row
 
-    def _layer(self, layer: int) -> np.ndarray:
-        """Zero-copy (n, 512) C-contiguous view of a layer's stored vectors; valid while the read lock is held."""
-        return self._vectors[layer, : self._n]
+    def _layer(self, layer: int, n: int) -> np.ndarray:
+        """Zero-copy (n, 512) C-contiguous view of a layer's first n stored vectors (valid while the read lock is
+        held)."""
+        return self._vectors[layer, :n]
 
-    def _admitted(self, flt: Filter) -> np.ndarray | None:
-        """Boolean mask of rows the filter admits, or None for all rows."""
+    def _admitted(self, flt: Filter, n: int) -> np.ndarray | None:
+        """Boolean mask (n,) of the first n rows the filter admits, or None for all rows."""
         if flt.empty:
             return None
-        return self._restrict(np.ones(self._n, bool), flt, self._n)
+        return self._restrict(np.ones(n, bool), flt, n)
 
     def search(
         self, probes: np.ndarray, layers: tuple[int, ...], metric: str, k: int, flt: Filter
@@ -324,12 +332,12 @@ class FlatLayerIndex(FilterColumns):
         require_cosine_defined(q_all, metric)
         with self._lock.read():
             n = self._n
-            mask = self._admitted(flt)
+            mask = self._admitted(flt, n)
             searched = n if mask is None else int(mask.sum())
             if searched == 0:
                 empty = np.zeros((nq, 0))
                 return SearchResult(empty.astype(np.int64), empty, 0)
-            views = [self._layer(layer) for layer in layers]
+            views = [self._layer(layer, n) for layer in layers]
             kk = min(searched, k + self._rerank_extra)
             if nq == 1 and _f16dot is not None and (mask is None or searched >= GATHER_BELOW * n):
                 return self._search_one(views, q_all[0], layers, metric, k, kk, n, mask, searched)
