@@ -1,9 +1,10 @@
 """PyAV video I/O: RGB frames with their original timestamps in, H.264 (or lossless) out with the audio kept.
 
-The writer keeps every frame's pts in the source stream's time base (variable frame rate survives), pads
-odd widths/heights by one replicated pixel (yuv420p needs even sizes), copies the audio packets when the
-container can hold the codec and re-encodes them to AAC otherwise, and writes to `<dst>.partial` first so
-a failed run never leaves a half file under the final name.
+The reader stamps each frame with its presentation pts (B-frames, open GOPs, variable frame rate, a first
+pts > 0 and MP4 edit lists come out as the source has them). The writer keeps every frame's pts in the
+source stream's time base, pads odd widths/heights by one replicated pixel (yuv420p needs even sizes),
+copies the audio packets when the container can hold the codec and re-encodes them to AAC otherwise, and
+writes to `<dst>.partial` first so a failed run never leaves a half file under the final name.
 
 `EncoderConfig.codec` picks the output (the indexer uses "h264"; recovery's reveals default to a lossless one,
 where every pixel decodes exactly as it was written):
@@ -15,6 +16,7 @@ where every pixel decodes exactly as it was written):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +32,17 @@ __all__ = ["VideoError", "VideoInfo", "Frame", "VideoReader", "CODECS", "Encoder
 
 # Audio codecs the MP4 muxer takes as-is; anything else is re-encoded to AAC (Matroska takes any codec).
 MP4_AUDIO_COPY = frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"})
+
+# Demuxers that store no presentation timestamps, only a decode-order slot per packet: libavformat makes
+# packet pts up, wrongly once frames are reordered (XviD's packed B-frames in Megamind.avi decode as pts
+# 1, 2, 3, 5, 4, ...). There a frame's presentation slot is the dts of the packet that released it from the
+# decoder (AVFrame.pkt_dts), which is the stamp ffmpeg shows for such files. Raw elementary streams
+# (the no_timestamps flag) are in the same case.
+NO_PTS_FORMATS = frozenset({"avi"})
+
+# AC-3 / E-AC-3 syncword: ISO BMFF stores whole syncframes only, and the MP4 muxer drops leading packets
+# that are not one (a fragment cut off by an edit, as in Megamind.avi), so the writer counts them instead.
+AC3_SYNC = b"\x0b\x77"
 
 # EncoderConfig.codec -> (container format, encoder, pix_fmt, encoder options from the config)
 CODECS = {
@@ -85,6 +98,9 @@ class VideoReader:
             if not cc.width or not cc.height:
                 raise VideoError(f"{str(path)!r}: video stream has no frame size (truncated or corrupt)")
             self.audio_stream = self._c.streams.audio[0] if self._c.streams.audio else None
+            fmt = self._c.format
+            self._pts_from_dts = fmt.name in NO_PTS_FORMATS or bool(fmt.flags & av.format.Flags.no_timestamps.value)
+            self.pts_repairs = 0  # frames whose pts did not increase and were moved one tick on (broken input)
             self.info = VideoInfo(
                 width=cc.width,
                 height=cc.height,
@@ -99,7 +115,10 @@ class VideoReader:
             raise
 
     def frames(self, audio_sink: Callable[[av.Packet], None] | None = None) -> Iterator[Frame]:
-        """Decode video frames in order; audio packets (if any) go to `audio_sink` as they are demuxed."""
+        """Decode video frames in presentation order, each with its presentation pts.
+
+        Every demuxed audio packet with data (if any) goes to `audio_sink` as it comes, the first one included.
+        """
         streams = [self._vs] + ([self.audio_stream] if audio_sink and self.audio_stream else [])
         tb = self.info.time_base
         step = _pts_step(self.info)
@@ -107,18 +126,23 @@ class VideoReader:
         try:
             for packet in self._c.demux(*streams):
                 if packet.stream.type == "audio":
-                    if packet.dts is not None:
+                    if packet.size:  # size 0: the demuxer's end-of-stream packet
+                        if packet.dts is None:  # audio is never reordered: decode time = presentation time
+                            packet.dts = packet.pts
                         try:
                             audio_sink(packet)
                         except av.error.FFmpegError as e:
                             raise VideoError(f"{str(self.path)!r}: carrying the audio over failed: {e}") from e
                     continue
                 for vf in packet.decode():
-                    pts = vf.pts
-                    if pts is None:
-                        pts = 0 if last_pts is None else last_pts + step
-                    if last_pts is not None and pts <= last_pts:  # broken/duplicate stamps: keep them increasing
+                    # A decoded frame carries its own packet's pts (libavcodec reorders them with the frames);
+                    # containers without pts get the decode-order slot instead (see NO_PTS_FORMATS).
+                    pts = vf.dts if self._pts_from_dts else vf.pts
+                    if pts is None:  # frames flushed at the end of a no-pts stream, or left unstamped
+                        pts = 0 if last_pts is None else last_pts + (vf.duration or step)
+                    elif last_pts is not None and pts <= last_pts:  # broken/duplicate stamps: keep them increasing
                         pts = last_pts + 1
+                        self.pts_repairs += 1
                     last_pts = pts
                     img = vf.to_ndarray(format="rgb24")  # (H, W, 3) uint8
                     yield Frame(index, img, int(pts), float(pts * tb))
@@ -142,6 +166,19 @@ def _pts_step(info: VideoInfo) -> int:
     if info.rate:
         return max(1, round(1 / (info.rate * info.time_base)))
     return 1
+
+
+def _movie_timescale(time_base: Fraction, audio_template: av.audio.stream.AudioStream | None) -> int:
+    """The MP4 movie time scale that holds both tracks' start offsets exactly.
+
+    The muxer writes each track's start (its first pts: a B-frame delay, an MPEG-TS 1.4 s, an edit list's
+    offset) as an edit in the movie time scale, rounded down; at its default of 1/1000 s every frame and audio
+    packet of such a source moved by up to 1 ms (41.708 ms became 41 ms). A multiple of the video time base's
+    denominator and of the audio sample rate (the audio track's time scale) makes both exact.
+    """
+    rate = audio_template.codec_context.sample_rate if audio_template is not None else 0
+    scale = math.lcm(time_base.denominator, rate) if rate else time_base.denominator
+    return scale if scale <= 2**31 - 1 else time_base.denominator  # the option is a 32-bit int: video exact first
 
 
 @dataclass(frozen=True)
@@ -191,6 +228,8 @@ class VideoWriter:
         # Matroska would shift every stream so that none starts below 0 (AAC priming starts audio at about
         # -21 ms), moving the video's stamps; keep them as they are (MP4 uses an edit list instead).
         opts = {"avoid_negative_ts": "disabled"} if fmt == "matroska" else {}
+        if fmt == "mp4":
+            opts["movie_timescale"] = str(_movie_timescale(time_base, audio_template))
         self._c = av.open(str(self._tmp), mode="w", format=fmt, container_options=opts)
         try:
             vs = self._c.add_stream(encoder, rate=rate or Fraction(25))
@@ -203,10 +242,12 @@ class VideoWriter:
                 vs.codec_context.thread_count = cfg.threads
             self._vs, self._tb = vs, time_base
             self._as = self._dec = None
+            self._ac3_sync = False  # still before the first AC-3 syncframe of an MP4's copied AC-3/E-AC-3
             if audio_template is not None:
                 name = audio_template.codec_context.name
                 if fmt == "matroska" or name in MP4_AUDIO_COPY:
                     self._as = self._c.add_stream_from_template(audio_template)
+                    self._ac3_sync = fmt == "mp4" and name in ("ac3", "eac3")
                 else:  # e.g. PCM in MP4: decode and re-encode to AAC
                     cc = audio_template.codec_context
                     rate = cc.sample_rate or 48000
@@ -223,6 +264,7 @@ class VideoWriter:
         self._last_pts = None
         self._closed = False
         self.frames_written = 0
+        self.audio_dropped = 0  # leading AC-3 fragments MP4 cannot store (see AC3_SYNC); every other packet is kept
 
     def write(self, image: np.ndarray, pts: int) -> None:
         """Encode one (H, W, 3) uint8 RGB frame at `pts` (time-base units, strictly increasing)."""
@@ -240,9 +282,14 @@ class VideoWriter:
         self.frames_written += 1
 
     def mux_audio(self, packet: av.Packet) -> None:
-        """Carry one demuxed source audio packet into the output (copy, or AAC re-encode)."""
+        """Carry one demuxed source audio packet into the output (copy with its own pts, or AAC re-encode)."""
         if self._as is None:
             return
+        if self._ac3_sync:
+            if bytes(memoryview(packet)[:2]) != AC3_SYNC:
+                self.audio_dropped += 1
+                return
+            self._ac3_sync = False
         if self._dec:
             for af in packet.decode():
                 af.pts = None
