@@ -31,3 +31,27 @@ def test_paper_families_match_their_definition():
 def test_format_round_trip(indices, text):
     assert format_layers(indices) == text
     assert parse_layers(text) == indices
+
+
+def test_long_specs_are_refused_without_echo():
+    from facekeys.limits import MAX_LAYERS_SPEC_LEN, QUOTE_CHARS
+
+    for spec in ("1," * MAX_LAYERS_SPEC_LEN, "x" * (1 << 20), [1] * (MAX_LAYERS_SPEC_LEN + 1)):
+        with pytest.raises(InvalidArgument) as e:
+            parse_layers(spec)
+        assert len(str(e.value)) < 100 and "x" * 10 not in str(e.value) and "1,1," not in str(e.value)
+    assert parse_layers("1," * (MAX_LAYERS_SPEC_LEN // 2 - 1) + "1") == (0,)  # at the limit: fine
+    for spec in ("1-2,q" + "y" * 200, "mid" + "z" * 200 + ":2", "9" * 200, "high:" + "9" * 200):
+        with pytest.raises(InvalidArgument) as e:  # a bounded prefix of the caller's text, then '...'
+            parse_layers(spec)
+        assert len(str(e.value)) < 2 * (QUOTE_CHARS + 5) + 80 and "..." in str(e.value), str(e.value)
+
+
+def test_quote_is_bounded_and_ascii():
+    from facekeys.limits import QUOTE_CHARS, clip, quote
+
+    assert quote("high:4") == "'high:4'" and quote(7) == "7" and quote([1, 2]) == "[1, 2]"
+    assert quote("a" * 1000) == repr("a" * QUOTE_CHARS) + "..."
+    assert quote("\u00e9\x00\n") == "'\\xe9\\x00\\n'"  # no control or non-ASCII characters in a status
+    assert len(quote(list(range(10_000)))) == QUOTE_CHARS + 3
+    assert clip("m" * 10_000, 512) == "m" * 509 + "..." and clip("short") == "short"

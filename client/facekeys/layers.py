@@ -16,15 +16,16 @@ from typing import Iterable, Union
 
 from .dims import N_LAYERS
 from .errors import InvalidArgument
+from .limits import MAX_LAYERS_SPEC_LEN, quote
 
 LayerSpec = Union[str, int, Iterable[int]]
 
 
 def _layer(n: int, spec) -> int:
     if isinstance(n, bool) or not isinstance(n, int):
-        raise InvalidArgument(f"layer subset {spec!r}: layer {n!r} is not an integer")
+        raise InvalidArgument(f"layer subset {quote(spec)}: layer {quote(n)} is not an integer")
     if not 1 <= n <= N_LAYERS:
-        raise InvalidArgument(f"layer subset {spec!r}: layer {n} is outside 1..{N_LAYERS}")
+        raise InvalidArgument(f"layer subset {quote(spec)}: layer {quote(n)} is outside 1..{N_LAYERS}")
     return n - 1
 
 
@@ -32,12 +33,14 @@ def _int(text: str, spec) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise InvalidArgument(f"layer subset {spec!r}: {text.strip()!r} is not a layer number") from None
+        raise InvalidArgument(f"layer subset {quote(spec)}: {quote(text.strip())} is not a layer number") from None
 
 
 def parse_layers(spec: LayerSpec) -> tuple[int, ...]:
     """Parse a layer subset (paper numbering, 1-based) into 0-based W+ indices."""
     if isinstance(spec, str):
+        if len(spec) > MAX_LAYERS_SPEC_LEN:
+            raise InvalidArgument(f"layer subset is {len(spec)} characters long, the limit is {MAX_LAYERS_SPEC_LEN}")
         text = spec.strip().lower()
         if not text:
             raise InvalidArgument("layer subset is empty")
@@ -47,22 +50,22 @@ def parse_layers(spec: LayerSpec) -> tuple[int, ...]:
             family, _, k_text = text.partition(":")
             k = _int(k_text, spec)
             if not 1 <= k <= N_LAYERS:
-                raise InvalidArgument(f"layer subset {spec!r}: k must be in 1..{N_LAYERS}, got {k}")
+                raise InvalidArgument(f"layer subset {quote(spec)}: k must be in 1..{N_LAYERS}, got {quote(k)}")
             if family == "high":
                 return tuple(range(k))
             if family == "low":
                 return tuple(range(N_LAYERS - k, N_LAYERS))
-            raise InvalidArgument(f"layer subset {spec!r}: unknown family {family!r} (use high:k or low:k)")
+            raise InvalidArgument(f"layer subset {quote(spec)}: unknown family {quote(family)} (use high:k or low:k)")
         out: set[int] = set()
         for part in text.split(","):
             part = part.strip()
             if not part:
-                raise InvalidArgument(f"layer subset {spec!r} has an empty element")
+                raise InvalidArgument(f"layer subset {quote(spec)} has an empty element")
             if "-" in part[1:]:
                 a_text, _, b_text = part.partition("-")
                 a, b = _int(a_text, spec), _int(b_text, spec)
                 if a > b:
-                    raise InvalidArgument(f"layer subset {spec!r}: range {a}-{b} is reversed")
+                    raise InvalidArgument(f"layer subset {quote(spec)}: range {quote(a)}-{quote(b)} is reversed")
                 lo, hi = _layer(a, spec), _layer(b, spec)
                 out.update(range(lo, hi + 1))
             else:
@@ -73,9 +76,11 @@ def parse_layers(spec: LayerSpec) -> tuple[int, ...]:
     try:
         items = list(spec)
     except TypeError:
-        raise InvalidArgument(f"layer subset {spec!r} is not a string or a list of layer numbers") from None
+        raise InvalidArgument(f"layer subset {quote(spec)} is not a string or a list of layer numbers") from None
     if not items:
         raise InvalidArgument("layer subset is empty")
+    if len(items) > MAX_LAYERS_SPEC_LEN:
+        raise InvalidArgument(f"layer subset has {len(items)} elements, the limit is {MAX_LAYERS_SPEC_LEN}")
     return tuple(sorted({_layer(n.__index__() if hasattr(n, "__index__") else n, spec) for n in items}))
 
 

@@ -11,9 +11,9 @@ import numpy as np
 from facekeys.dims import DIM, KEY_SHAPE, N_LAYERS
 from facekeys.errors import InvalidArgument
 from facekeys.layers import LayerSpec, parse_layers
+from facekeys.limits import MAX_BOXES, MAX_FILTER_IDS, MAX_ID_LEN, MAX_LATENT_ABS, MAX_METHOD_LEN
 
 METRICS = ("cosine", "l2")
-MAX_ID_LEN = 256
 BOX_COLUMNS = ("frame_index", "x", "y", "w", "h")
 
 
@@ -32,18 +32,34 @@ def check_latents(arr, what: str = "latent", batch: bool = False) -> np.ndarray:
     elif a.shape != KEY_SHAPE:
         raise InvalidArgument(f"{what}: shape {tuple(a.shape)} is not ({N_LAYERS}, {DIM})")
     a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise InvalidArgument(f"{what}: contains NaN or Inf")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)  # NaN propagates through min and max
+    if not -MAX_LATENT_ABS <= lo <= hi <= MAX_LATENT_ABS:
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InvalidArgument(f"{what}: contains NaN or Inf")
+        raise InvalidArgument(f"{what}: a value is beyond +-{MAX_LATENT_ABS:g}")
     return a
 
 
-def check_id(value: str, what: str, *, required: bool) -> str:
+def check_finite(value, what: str) -> float:
+    """A real number (not bool), finite, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgument(f"{what} must be a number, got {type(value).__name__}")
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond float range
+        raise InvalidArgument(f"{what} must be finite, got an integer of {int(value).bit_length()} bits") from None
+    if not math.isfinite(x):
+        raise InvalidArgument(f"{what} must be finite, got {x}")
+    return x
+
+
+def check_id(value: str, what: str, *, required: bool, max_len: int = MAX_ID_LEN) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
     if required and not value:
         raise InvalidArgument(f"{what} is required")
-    if len(value) > MAX_ID_LEN:
-        raise InvalidArgument(f"{what} is longer than {MAX_ID_LEN} characters")
+    if len(value) > max_len:
+        raise InvalidArgument(f"{what} is {len(value)} characters long, the limit is {max_len}")
     if "\x00" in value:
         raise InvalidArgument(f"{what} contains a NUL character")
     return value
@@ -57,7 +73,9 @@ def check_boxes(boxes) -> np.ndarray:
     if b.size == 0:
         return np.zeros((0, 5), np.int32)
     if b.ndim != 2 or b.shape[1] != 5:
-        raise InvalidArgument(f"boxes: shape {tuple(b.shape)} is not (M, 5) (frame_index, x, y, w, h)")
+        raise InvalidArgument(f"boxes: shape {tuple(b.shape)[:4]} is not (M, 5) (frame_index, x, y, w, h)")
+    if len(b) > MAX_BOXES:
+        raise InvalidArgument(f"boxes: {len(b)} boxes, the limit is {MAX_BOXES} per key")
     if b.dtype.kind == "f":
         if not np.all(np.isfinite(b)) or np.any(b != np.round(b)):
             raise InvalidArgument("boxes: values must be whole, finite pixel numbers")
@@ -87,9 +105,7 @@ class Where:
     def checked(self) -> "Where":
         for name in ("camera_id", "video_id", "track_id"):
             check_id(getattr(self, name), name, required=False)
-        t0, t1 = float(self.t_start), float(self.t_end)
-        if not (math.isfinite(t0) and math.isfinite(t1)):
-            raise InvalidArgument("t_start/t_end must be finite")
+        t0, t1 = check_finite(self.t_start, "t_start"), check_finite(self.t_end, "t_end")
         if t1 < t0:
             raise InvalidArgument(f"t_end {t1} is before t_start {t0}")
         return Where(self.camera_id, self.video_id, self.track_id, t0, t1, check_boxes(self.boxes))
@@ -99,6 +115,10 @@ class Where:
 class Obfuscation:
     method: str = ""  # "mosaic", "gaussian", "fill"
     strength: float = 0.0  # method-specific: blocks across the face, blur sigma, ...
+
+    def checked(self) -> "Obfuscation":
+        method = check_id(self.method, "obfuscation method", required=False, max_len=MAX_METHOD_LEN)
+        return Obfuscation(method, check_finite(self.strength, "obfuscation strength"))
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,18 @@ class Filter:
     @property
     def empty(self) -> bool:
         return not (self.camera_ids or self.identity_ids or self.t_from or self.t_to)
+
+    def checked(self) -> "Filter":
+        ids = {}
+        for name in ("camera_ids", "identity_ids"):
+            values = tuple(getattr(self, name))
+            if len(values) > MAX_FILTER_IDS:
+                raise InvalidArgument(f"filter: {len(values)} {name}, the limit is {MAX_FILTER_IDS}")
+            ids[name] = tuple(check_id(v, f"filter {name[:-1]}", required=False) for v in values)
+        t_from, t_to = check_finite(self.t_from, "filter t_from"), check_finite(self.t_to, "filter t_to")
+        if t_from and t_to and t_to < t_from:
+            raise InvalidArgument(f"filter time range is reversed: {t_from} > {t_to}")
+        return Filter(ids["camera_ids"], ids["identity_ids"], t_from, t_to)
 
 
 @dataclass(frozen=True)

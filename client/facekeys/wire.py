@@ -6,6 +6,7 @@ packed little-endian float32 (float16 accepted) with an explicit shape.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from facekeys.dims import DIM, N_LAYERS
 from facekeys.errors import InvalidArgument
 from facekeys.layers import format_layers, parse_layers
+from facekeys.limits import MAX_BOXES, MAX_TENSOR_DIM, MAX_TENSOR_NDIM
 from facekeys.records import (
     EnrolledKey, Filter, Hit, KeyRecord, MatchQuery, MatchResult, NewKey, Obfuscation, ProbeResult, StoreStats,
     Where,
@@ -26,14 +28,19 @@ METRIC_ENUMS = {"cosine": pb.COSINE, "l2": pb.L2}
 
 # -- tensors --------------------------------------------------------------------------------------
 def tensor_to_array(t: pb.Tensor, what: str) -> np.ndarray:
-    """Decode a Tensor to float32, checking dtype, shape and byte length (not the key shape)."""
+    """Decode a Tensor to float32, checking dtype, shape and byte length (not the key shape). Each dimension is
+    checked to be in 1..MAX_TENSOR_DIM before the shape is multiplied out (in Python integers: no wrap-around)."""
     dtype = _DTYPES.get(t.dtype)
     if dtype is None:
         raise InvalidArgument(f"{what}: unknown dtype {t.dtype}")
-    shape = tuple(int(s) for s in t.shape)
-    if not shape:
+    if not t.shape:
         raise InvalidArgument(f"{what}: shape is missing")
-    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(t.shape) > MAX_TENSOR_NDIM:
+        raise InvalidArgument(f"{what}: shape has {len(t.shape)} dimensions, the limit is {MAX_TENSOR_NDIM}")
+    shape = tuple(int(s) for s in t.shape)
+    if not all(1 <= s <= MAX_TENSOR_DIM for s in shape):
+        raise InvalidArgument(f"{what}: shape {list(shape)} has a dimension outside 1..{MAX_TENSOR_DIM}")
+    expected = math.prod(shape) * dtype.itemsize
     if len(t.data) != expected:
         raise InvalidArgument(
             f"{what}: {len(t.data)} bytes do not fit shape {list(shape)} of {dtype.name} ({expected} bytes)")
@@ -68,6 +75,8 @@ def where_to_pb(w: Where) -> pb.Where:
 
 
 def where_from_pb(m: pb.Where) -> Where:
+    if len(m.boxes) > MAX_BOXES:  # before building them (records.check_boxes has the same limit)
+        raise InvalidArgument(f"boxes: {len(m.boxes)} boxes, the limit is {MAX_BOXES} per key")
     boxes = np.array([(b.frame_index, b.x, b.y, b.w, b.h) for b in m.boxes], np.int64).reshape(-1, 5)
     return Where(m.camera_id, m.video_id, m.track_id, m.t_start, m.t_end, boxes)
 

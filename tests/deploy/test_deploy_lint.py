@@ -25,7 +25,7 @@ DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 SERVER_METRICS = {
     "facekeys_requests_total", "facekeys_request_duration_seconds_bucket", "facekeys_match_decisions_total",
     "facekeys_enrolled_keys_total", "facekeys_keys_stored", "facekeys_identities_stored", "facekeys_index_bytes",
-    "facekeys_lmdb_used_bytes", "facekeys_lmdb_map_bytes",
+    "facekeys_lmdb_used_bytes", "facekeys_lmdb_map_bytes", "facekeys_audit_ok", "facekeys_audit_write_failures_total",
 }
 COMING_METRICS = {"facekeys_index_snapshot_age_seconds", "facekeys_audit_write_failures_total"}
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import resource
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -128,39 +129,52 @@ def test_every_action_is_audited_and_tampering_is_detected(secured):
     log = secured["audit"]
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["action"], r["who"]) for r in recs] == [
-        ("CredentialIssue", "root")] * 4 + [("Match", "inv"), ("Delete", "ops")]
-    assert recs[4]["decision"] == "accepted" and recs[4]["ids"] == [1, 2] and recs[5]["ids"] == [1, 2]
+        ("CredentialIssue", "root")] * 4 + [("AuditAnchor", "system"), ("Match", "inv"), ("Delete", "ops")]
+    assert recs[5]["decision"] == "accepted" and recs[5]["ids"] == [1, 2] and recs[6]["ids"] == [1, 2]
     assert max(len(line) for line in log.read_text().splitlines()) < 1500  # ids and settings, never a latent
-    key = secured["sec"] / "audit.key"
-    assert json.loads(fk("audit", "verify", "--log", log, "--key-file", key).stdout) == {"ok": True, "records": 6}
+    key, data = secured["sec"] / "audit.key", secured["srv"].config.data_dir
+    secured["srv"].security.audit.flush_anchor()  # the anchor trails the head by about one LMDB commit
+    out = json.loads(fk("audit", "verify", "--log", log, "--key-file", key, "--data-dir", data).stdout)
+    assert (out["ok"], out["state"], out["records"], out["anchor"]) == (True, "ok", 7, 7)
     lines = log.read_text().splitlines(keepends=True)
     tampered = {
-        "edited": lines[:4] + [lines[4].replace('"inv"', '"eve"')] + lines[5:],
+        "edited": lines[:5] + [lines[5].replace('"inv"', '"eve"')] + lines[6:],
         "removed": lines[:3] + lines[4:],
         "reordered": lines[:3] + [lines[4], lines[3]] + lines[5:],
-        "truncated": lines[:5],
+        "truncated": lines[:6],
     }
     original = log.read_text()
     for what, content in tampered.items():
         log.write_text("".join(content))
-        p = fk("audit", "verify", "--log", log, "--key-file", key, check=False)
-        assert p.returncode == 1 and "NOT intact" in p.stderr, what
+        p = fk("audit", "verify", "--log", log, "--key-file", key, "--data-dir", data, check=False)
+        assert p.returncode == 1 and "NOT intact" in p.stderr and json.loads(p.stdout)["state"] == what, what
     log.write_text(original)
     exported = fk("audit", "export", "--log", log, "--key-file", key).stdout.splitlines()
-    assert len(exported) == 6
+    assert len(exported) == 7
 
 
 def test_audit_write_failure_fails_the_call(secured):
     srv = secured["srv"]
     with secured["client"]("gw") as gw:
         gw.enroll([NewKey(random_keys(1)[0], "enc")])
-    ro = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(ro, srv.security.audit._fd)  # the log's descriptor can no longer be written
-    os.close(ro)
-    with secured["client"]("inv") as inv, pytest.raises(Unavailable, match="audit"):
-        inv.match(random_keys(1)[0], "enc")
+    size = secured["audit"].stat().st_size
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, limits[1]))  # the next record cannot be written whole
+    try:
+        with secured["client"]("inv") as inv, pytest.raises(Unavailable, match="audit"):
+            inv.match(random_keys(1)[0], "enc")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
     text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5).read().decode()
     assert "facekeys_audit_write_failures_total 1.0" in text
+    assert secured["audit"].stat().st_size == size  # the partial record was cut back off
+    with secured["client"]("inv") as inv:
+        inv.match(random_keys(1)[0], "enc")  # and the next call is audited normally
+    out = json.loads(fk("audit", "verify", "--log", secured["audit"], "--key-file", secured["sec"] / "audit.key",
+                        "--data-dir", srv.config.data_dir).stdout)
+    assert out["state"] == "ok"
 
 
 def test_mutual_tls_identifies_the_client(tmp_path):

@@ -34,6 +34,8 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
     def _audited(self, action: str, what: dict, ids):
         """Audit a refusal (PERMISSION_DENIED) or, durably before the call returns, a success."""
         who = current_principal.get().name
+        if self._audit_log is not None:
+            self._audit_log.check()  # a log that failed verification: refused before anything is generated
         try:
             yield who
         except PermissionDenied as e:

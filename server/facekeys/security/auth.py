@@ -3,6 +3,9 @@ the policy is refused. No or bad credential: UNAUTHENTICATED; wrong role: PERMIS
 
 Credentials: `authorization: Bearer <token>` metadata, or (with mutual TLS) the client certificate,
 whose subject common name must name a credential; its roles come from that credential.
+
+Refusals raise `Denied` / `NotAuthenticated`, which name the caller: the status interceptor hands them to
+the server's audit log as "denied" records (`facekeys.server.servicer.denial_recorder`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,28 @@ ANONYMOUS = Principal("anonymous", frozenset())
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS)
 
 PUBLIC = object()  # callable without a credential
+
+
+class Denied(PermissionDenied):
+    """PERMISSION_DENIED from the policy, naming the caller (for the audit record of the refusal)."""
+
+    def __init__(self, message: str, who: str):
+        super().__init__(message)
+        self.who = who
+
+
+class NotAuthenticated(Unauthenticated):
+    """UNAUTHENTICATED from the policy; `who` is what the caller claimed to be (a certificate's name), or
+    "anonymous" (no credential, or a token that matches none: a token is never recorded)."""
+
+    def __init__(self, message: str, who: str = ANONYMOUS.name):
+        super().__init__(message)
+        self.who = who
+
+
+def refused_caller(exc: BaseException) -> Optional[str]:
+    """Who the auth policy refused, if `exc` is such a refusal (else None)."""
+    return exc.who if isinstance(exc, (Denied, NotAuthenticated)) else None
 
 POLICY: Mapping[str, object] = {
     "/facekeys.v1.KeyStore/Enroll": {"gateway"},
@@ -44,10 +69,10 @@ def _principal(context, creds: CredentialStore) -> Optional[Principal]:
         if key == "authorization":
             scheme, _, token = value.partition(" ")
             if scheme.lower() != "bearer" or not token:
-                raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+                raise NotAuthenticated("authorization metadata must be 'Bearer <token>'")
             p = creds.authenticate(token.strip())
             if p is None:
-                raise Unauthenticated("unknown or revoked token")
+                raise NotAuthenticated("unknown or revoked token")
             return p
     auth = context.auth_context() or {}
     names = auth.get("x509_common_name") or []
@@ -55,7 +80,7 @@ def _principal(context, creds: CredentialStore) -> Optional[Principal]:
         name = names[0].decode()
         matches = [c for c in creds.list() if c.name == name and c.revoked is None]
         if not matches:
-            raise Unauthenticated(f"client certificate {name!r} names no active credential")
+            raise NotAuthenticated(f"client certificate {name!r} names no active credential", name[:256])
         return Principal(name, frozenset(r for c in matches for r in c.roles))
     return None
 
@@ -66,12 +91,12 @@ def authorize(method: str, context, creds: CredentialStore) -> Principal:
         return ANONYMOUS
     principal = _principal(context, creds)
     if principal is None:
-        raise Unauthenticated("no credential: send 'authorization: Bearer <token>' or a client certificate")
+        raise NotAuthenticated("no credential: send 'authorization: Bearer <token>' or a client certificate")
     if rule is None:
-        raise PermissionDenied(f"{method} is not allowed to anyone")
+        raise Denied(f"{method} is not allowed to anyone", principal.name)
     if not principal.roles & rule:
-        raise PermissionDenied(f"{principal.name} lacks the role for {method.rsplit('/', 1)[-1]} "
-                               f"(needs {' or '.join(sorted(rule))})")
+        raise Denied(f"{principal.name} lacks the role for {method.rsplit('/', 1)[-1]} "
+                     f"(needs {' or '.join(sorted(rule))})", principal.name)
     return principal
 
 

@@ -12,14 +12,16 @@ from pathlib import Path
 from facekeys.errors import FailedPrecondition, InvalidArgument
 
 from . import audit as audit_mod
-from .audit import AuditLog
+from .audit import AuditLog, StoreAnchorReader
 from .credentials import ROLES, CredentialStore
 from .grants import generate_keypair
 from .transform import KeyTransform, load_secret
 
 
 def _audit_log(args) -> AuditLog:
-    return AuditLog(Path(args.audit_log), load_secret(args.audit_key_file))
+    log = AuditLog(Path(args.audit_log), load_secret(args.audit_key_file))
+    log.check()  # verified (a crash state repaired and recorded) before anything changes; tampered: refused
+    return log
 
 
 def cmd_creds_issue(args) -> int:
@@ -47,24 +49,52 @@ def cmd_creds_list(args) -> int:
     return 0
 
 
+def _anchor_reader(args) -> "StoreAnchorReader | None":
+    return StoreAnchorReader(Path(args.data_dir) / "lmdb") if args.data_dir else None
+
+
+def _verify_report(args) -> audit_mod.VerifyReport:
+    key, anchor = load_secret(args.key_file), _anchor_reader(args)
+    if getattr(args, "repair", False):
+        log = AuditLog(Path(args.log), key)
+        try:
+            return log.recover(anchor, who=args.operator)
+        finally:
+            log.close()
+    return audit_mod.verify_locked(Path(args.log), key, anchor)
+
+
 def cmd_audit_verify(args) -> int:
-    report = audit_mod.verify(Path(args.log), load_secret(args.key_file))
-    if not report.ok:
-        print(f"facekeys: error: audit log NOT intact after {report.records} good records: {report.problem}",
-              file=sys.stderr)
+    report = _verify_report(args)
+    out = {"ok": report.intact, "state": report.state, "records": report.records}
+    if report.repaired:
+        out["repaired"] = report.repaired
+    if report.problem:
+        out["problem"] = report.problem
+    if not args.data_dir:
+        out["anchor"] = "not checked (give --data-dir: rollback and deletion are detected only against it)"
+    else:
+        out["anchor"] = report.anchor if report.anchor is not None else "none stored yet"
+    print(json.dumps(out))
+    if not report.intact:
+        print(f"facekeys: error: audit log NOT intact ({report.state}) after {report.records} good records: "
+              f"{report.problem}", file=sys.stderr)
         return 1
-    print(json.dumps({"ok": True, "records": report.records}))
+    if report.state != audit_mod.OK:
+        print(f"facekeys: {report.state}: {report.problem}; the server repairs and records it when it starts "
+              f"(or run `facekeys audit verify --repair`)", file=sys.stderr)
     return 0
 
 
 def cmd_audit_export(args) -> int:
-    report = audit_mod.verify(Path(args.log), load_secret(args.key_file))
-    if not report.ok:
-        raise FailedPrecondition(f"audit log failed verification ({report.problem}); not exporting")
+    report = _verify_report(args)
+    if not report.intact:
+        raise FailedPrecondition(f"audit log failed verification ({report.state}: {report.problem}); not exporting")
     out = open(args.out, "w") if args.out else sys.stdout
     try:
-        for rec in audit_mod.read(Path(args.log)):
-            out.write(json.dumps(rec, sort_keys=True) + "\n")
+        if report.records:
+            for _, rec in zip(range(report.records), audit_mod.read(Path(args.log))):  # a torn tail: not exported
+                out.write(json.dumps(rec, sort_keys=True) + "\n")
     finally:
         if args.out:
             out.close()
@@ -141,11 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="verify or export the audit log").add_subparsers(dest="cmd", required=True)
     for name, fn in (("verify", cmd_audit_verify), ("export", cmd_audit_export)):
-        c = au.add_parser(name)
+        c = au.add_parser(name, description=(
+            "Check every record's MAC, hash and chain, the head and (with --data-dir) the anchor. Prints one JSON "
+            "line with the state: ok; recovered-from-crash or torn-tail (a crash state the server repairs at "
+            "start, exit 0); truncated, rolled-back, missing, edited, reordered, removed, bad-mac (exit 1)."
+            if name == "verify" else "Write the verified records as JSON lines."))
         c.add_argument("--log", required=True)
         c.add_argument("--key-file", required=True)
+        c.add_argument("--data-dir", help="the server's --data-dir: check the log against the anchor in its key "
+                                          "store (detects rollback and deletion; read-only, the server may run)")
         if name == "export":
             c.add_argument("--out")
+        else:
+            c.add_argument("--repair", action="store_true",
+                           help="repair a crash state now (what the server does at start), recorded in the log")
+            c.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who (for the record)")
         c.set_defaults(func=fn)
 
     se = sub.add_parser("secrets", help="create deployment secrets; rotate the key transform").add_subparsers(

@@ -10,11 +10,15 @@ import hashlib
 import hmac
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from facekeys.dims import DIM, N_LAYERS
 from facekeys.errors import InvalidArgument
 
 MIN_SECRET_BYTES = 16
+BUILD_BLAS_THREADS = 1  # BLAS threads while the 18 QR factorisations are built: 512x512 is too small to share out
+#                         (default threads: 2.8 s on 16 cores, 10 s on 2 busy ones; one thread: 0.4-0.8 s;
+#                         benchmarks/bench_startup.py)
 
 
 def _layer_matrix(secret: bytes, layer: int) -> np.ndarray:
@@ -31,7 +35,8 @@ class KeyTransform:
     def __init__(self, secret: bytes):
         if len(secret) < MIN_SECRET_BYTES:
             raise InvalidArgument(f"key transform secret must be at least {MIN_SECRET_BYTES} bytes")
-        self._q = np.stack([_layer_matrix(secret, l) for l in range(N_LAYERS)]).astype(np.float64)  # (18,512,512)
+        with threadpool_limits(limits=BUILD_BLAS_THREADS, user_api="blas"):  # restored on leaving: scoped to the build
+            self._q = np.stack([_layer_matrix(secret, l) for l in range(N_LAYERS)]).astype(np.float64)  # (18,512,512)
         self.fingerprint = hmac.new(secret, b"facekeys-key-transform/v1/fingerprint", hashlib.sha256).hexdigest()[:32]
 
     def forward(self, latents: np.ndarray) -> np.ndarray:

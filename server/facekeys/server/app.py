@@ -7,19 +7,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from grpc_health.v1 import health_pb2
+
 from facekeys.layers import parse_layers
+from facekeys.security.audit import StoreAnchor
 from facekeys.security.config import Security, SecurityConfig
 from facekeys.store import KeyStore, StoreConfig
 from facekeys.v1 import keystore_pb2, keystore_pb2_grpc
 
 from .metrics import ServiceMetrics
 from .service import GrpcService, Listen, check_listen, run_until_signal
-from .servicer import KeyStoreServicer
+from .servicer import KeyStoreServicer, denial_recorder
 
 log = logging.getLogger("facekeys.server")
 
 MiB = 1 << 20
 SERVICE_NAME = keystore_pb2.DESCRIPTOR.services_by_name["KeyStore"].full_name  # facekeys.v1.KeyStore
+AUDIT_HEALTH = "facekeys.audit"  # health status of the audit log: NOT_SERVING once it failed verification
 
 
 @dataclass(frozen=True)
@@ -62,16 +66,30 @@ class KeyStoreServer:
             raise
         self.metrics = ServiceMetrics()
         self.metrics.watch_store(self.store)
-        servicer = KeyStoreServicer(self.store, self.metrics, config.default_layers, encoder, sec.audit, sec.grants)
         try:
+            if sec.audit is not None:
+                # verify against the head and the anchor in this store's LMDB; a crash state is repaired and
+                # recorded; a tampered log leaves the server up with audited calls refused
+                sec.audit.recover(StoreAnchor(self.store))
+                self.metrics.watch_audit(sec.audit)
+                self.metrics.on_denied = denial_recorder(sec.audit, self.metrics)
+            servicer = KeyStoreServicer(self.store, self.metrics, config.default_layers, encoder, sec.audit,
+                                        sec.grants)
             self._service = GrpcService(config.listen, sec, self.metrics, SERVICE_NAME,
                                         lambda s: keystore_pb2_grpc.add_KeyStoreServicer_to_server(servicer, s))
+            if sec.audit is not None:
+                sec.audit.watch(self._audit_health)
         except BaseException:
             self.store.close()
             sec.close()
             raise
         self.port, self.health_port = self._service.port, self._service.health_port
         self.metrics_port = self._service.metrics_port
+
+    def _audit_health(self, ok: bool, state: str) -> None:
+        # GrpcService has no public setter for a further health name yet: its health servicer is used directly
+        self._service._health.set(AUDIT_HEALTH, health_pb2.HealthCheckResponse.SERVING if ok
+                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     @property
     def address(self) -> str:
@@ -85,6 +103,8 @@ class KeyStoreServer:
 
     def stop(self, grace: float = 5.0) -> None:
         if self._service.stop(grace):
+            if self.security.audit is not None:
+                self.security.audit.release_anchor()  # the anchor lives in the store: committed before it closes
             self.store.close()
             self.security.close()
             log.info("key store stopped")

@@ -9,6 +9,8 @@ import grpc
 
 from facekeys.errors import FacekeysError
 from facekeys.grpcutil import rewrap
+from facekeys.limits import clip
+from facekeys.security.auth import refused_caller
 
 from .metrics import ServiceMetrics
 
@@ -17,7 +19,7 @@ log = logging.getLogger("facekeys.server")
 
 def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, FacekeysError):
-        return grpc.StatusCode[exc.code], str(exc)
+        return grpc.StatusCode[exc.code], clip(str(exc))  # bounded, whatever the message quotes
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
 
 
@@ -31,12 +33,16 @@ class StatusInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        full = handler_call_details.method
+        method = full.rsplit("/", 1)[-1]
         return rewrap(handler, lambda behavior, streaming: (self._streaming if streaming else self._unary)(
-            method, behavior))
+            method, behavior, full))
 
-    def _fail(self, method, context, exc, t0):
+    def _fail(self, method, context, exc, t0, full=""):
         code, message = _status(exc)
+        who = refused_caller(exc)  # refused by the auth policy: audited as "denied" where the server audits
+        if who is not None and self._metrics.on_denied is not None:
+            self._metrics.on_denied(who, full, code.name, message)
         if code == grpc.StatusCode.INTERNAL:
             log.exception("%s failed", method, extra={"rpc": method, "code": code.name})
         else:
@@ -49,25 +55,25 @@ class StatusInterceptor(grpc.ServerInterceptor):
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self._metrics.observe(method, name, time.perf_counter() - t0)
 
-    def _unary(self, method, behavior):
+    def _unary(self, method, behavior, full):
         def wrapper(request, context):
             t0 = time.perf_counter()
             try:
                 response = behavior(request, context)
             except Exception as exc:  # every error leaves through _fail with a status
-                self._fail(method, context, exc, t0)
+                self._fail(method, context, exc, t0, full)
             self._done(method, context, t0)
             return response
 
         return wrapper
 
-    def _streaming(self, method, behavior):
+    def _streaming(self, method, behavior, full):
         def wrapper(request, context):
             t0 = time.perf_counter()
             try:
                 yield from behavior(request, context)
             except Exception as exc:
-                self._fail(method, context, exc, t0)
+                self._fail(method, context, exc, t0, full)
             self._done(method, context, t0)
 
         return wrapper

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
@@ -23,6 +25,9 @@ class ServiceMetrics:
         self.audit_failures = Counter(
             "facekeys_audit_write_failures", "Audit records that could not be written (the call failed)",
             registry=self.registry)
+        # the status interceptor calls this with (who, method, code, reason) for each call the auth policy
+        # refused; the server sets it to record them in its audit log (servicer.denial_recorder)
+        self.on_denied: Optional[Callable[[str, str, str, str], None]] = None
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
@@ -30,6 +35,10 @@ class ServiceMetrics:
 
     def watch_store(self, store) -> None:
         self.registry.register(_StoreCollector(store))
+
+    def watch_audit(self, audit) -> None:
+        """`facekeys_audit_ok`: 1 while the audit log verifies and takes appends, 0 once it failed."""
+        self.registry.register(_AuditCollector(audit))
 
     def serve_http(self, host: str, port: int):
         """Start the /metrics endpoint; returns (http_server, thread)."""
@@ -49,3 +58,13 @@ class _StoreCollector:
         yield GaugeMetricFamily("facekeys_index_bytes", "Bytes held by the vector indexes", value=s.index_bytes)
         yield GaugeMetricFamily("facekeys_lmdb_used_bytes", "LMDB bytes in use", value=s.lmdb_used_bytes)
         yield GaugeMetricFamily("facekeys_lmdb_map_bytes", "LMDB map size", value=s.lmdb_map_bytes)
+
+
+class _AuditCollector:
+    def __init__(self, audit):
+        self._audit = audit
+
+    def collect(self):
+        yield GaugeMetricFamily("facekeys_audit_ok", "1 while the audit log verifies (audited calls are served), "
+                                "0 once it failed verification (Match, latent reads and Delete are refused)",
+                                value=1 if self._audit.ok else 0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -25,6 +26,50 @@ from .metrics import ServiceMetrics
 log = logging.getLogger("facekeys.server")
 
 MiB = 1 << 20
+
+_HANDLER_KINDS = {  # (request_streaming, response_streaming) -> the handler's attribute and its constructor
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+class ParseInterceptor(grpc.ServerInterceptor):
+    """Requests are parsed in the handler, not by grpc-python before it.
+
+    grpc-python deserializes a request before any interceptor or handler runs, and answers a message that does not
+    parse with INTERNAL (logging a traceback) before authentication. Installed innermost, this interceptor gives
+    every registered method (KeyStore, Recovery, health, reflection: whatever the generated `add_*_to_server`
+    registered, with the deserializer it registered) an identity deserializer, and parses the bytes inside the
+    handler with that method's own deserializer (`Message.FromString`); for a streaming request, each message as
+    the servicer reads it. So authentication (an outer interceptor) runs first, and a message that does not parse
+    raises InvalidArgument, which the status interceptor answers with INVALID_ARGUMENT like any bad request."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        attr, make = _HANDLER_KINDS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        behavior = getattr(handler, attr)
+        parse = _parser(handler.request_deserializer, handler_call_details.method.rsplit("/", 1)[-1])
+        if handler.request_streaming:
+            def wrapper(raw_requests, context):
+                return behavior((parse(raw) for raw in raw_requests), context)
+        else:
+            def wrapper(raw_request, context):
+                return behavior(parse(raw_request), context)
+        return make(wrapper, request_deserializer=None, response_serializer=handler.response_serializer)
+
+
+def _parser(deserialize: Callable[[bytes], object], method: str) -> Callable[[bytes], object]:
+    def parse(raw: bytes):
+        try:
+            return deserialize(raw)
+        except DecodeError:  # truncated, a bad tag or wire type, invalid UTF-8 in a string, nested too deep...
+            raise InvalidArgument(f"{method}: the request message ({len(raw)} bytes) does not parse") from None
+
+    return parse
 
 
 @dataclass(frozen=True)
@@ -60,6 +105,7 @@ class GrpcService:
         interceptors = [StatusInterceptor(metrics)]
         if security.credentials is not None:
             interceptors.append(AuthInterceptor(security.credentials))
+        interceptors.append(ParseInterceptor())  # innermost: requests are parsed after authentication
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=listen.workers, thread_name_prefix="rpc"),
                                  interceptors=interceptors, options=options,
                                  maximum_concurrent_rpcs=listen.workers * 4)
@@ -75,7 +121,8 @@ class GrpcService:
         self.health_port = None
         self._health_grpc = None
         if listen.health_port >= 0:  # health only, no credentials: it reveals nothing but SERVING
-            self._health_grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+            self._health_grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                                            interceptors=[StatusInterceptor(metrics), ParseInterceptor()])
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_grpc)
             self.health_port = self._health_grpc.add_insecure_port(f"{listen.host}:{listen.health_port}")
         self.metrics_port = None

@@ -4,12 +4,14 @@ as domain exceptions and turned into status codes by `interceptors.StatusInterce
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Protocol
+import logging
+from contextlib import contextmanager
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
 from facekeys import wire
-from facekeys.errors import FailedPrecondition, InvalidArgument, Unavailable
+from facekeys.errors import FacekeysError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from facekeys.layers import format_layers, parse_layers
 from facekeys.records import MatchResult, better
 from facekeys.security.audit import AuditLog
@@ -20,6 +22,10 @@ from facekeys.v1 import keystore_pb2 as pb
 from facekeys.v1 import keystore_pb2_grpc as pb_grpc
 
 from .metrics import ServiceMetrics
+
+log = logging.getLogger("facekeys.server")
+
+REASON_CHARS = 500  # of an error message kept in an audit record
 
 NO_ENCODER = ("this server has no face encoder: start it with --encoder-checkpoint psp_ffhq_encode.pt "
               "to enrol or match images, or send latents")
@@ -50,8 +56,26 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
             return
         try:
             self._audit_log.append(current_principal.get().name, action, what, decision, list(ids))
-        except Unavailable:
+        except (Unavailable, FailedPrecondition):
             self._metrics.audit_failures.inc()
+            raise
+
+    def _require_audit(self) -> None:
+        """Calls that must be audited are refused up front while the log failed verification."""
+        if self._audit_log is not None:
+            self._audit_log.check()
+
+    @contextmanager
+    def _invalid_audited(self, action: str, what: dict):
+        """A request refused for what it asks (bad argument, no such key, no encoder) is audited as
+        "invalid" with the reason (never a latent), then answered with its error as usual."""
+        try:
+            yield
+        except (InvalidArgument, NotFound, FailedPrecondition) as e:
+            try:
+                self._audit(action, {**what, "reason": str(e)[:REASON_CHARS], "code": e.code}, "invalid")
+            except (Unavailable, FailedPrecondition) as audit_error:  # counted; the call fails with its own error
+                log.warning("%s refused (%s) and not audited: %s", action, e.code, audit_error)
             raise
 
     def _grant(self, result: MatchResult) -> list[bytes]:
@@ -100,19 +124,11 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
             yield self._enroll(request)  # each ack follows its batch's durable commit
 
     def Match(self, request, context):
+        self._require_audit()
         which = request.WhichOneof("probe")
-        encoder_id = request.encoder_id
-        if which == "image":
-            probes = self._image_latent(request.image, encoder_id)[None]
-            encoder_id = self._encoder.encoder_id
-        elif which == "latents":
-            probes = wire.probes_from_pb(request.latents)
-        else:
-            raise InvalidArgument("match: no probe given (latents or image)")
-        query = wire.match_query_from_pb(request, probes, encoder_id, self._default_layers)
-        if not query.encoder_id:
-            raise InvalidArgument("encoder_id is required")
-        result = self._store.match(query)
+        with self._invalid_audited("Match", {"probe": which or "", "encoder_id": request.encoder_id[:256]}):
+            query, probes = self._match_query(request, which)
+            result = self._store.match(query)
         decisions = ["accepted" if p.accepted else "refused" for p in result.results]
         self._audit("Match", {
             "encoder_id": query.encoder_id, "layers": format_layers(query.layers), "metric": query.metric,
@@ -125,21 +141,42 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
             self._metrics.decisions.labels(d).inc()
         return wire.match_to_pb(result, self._grant(result))
 
+    def _match_query(self, request, which):
+        encoder_id = request.encoder_id
+        if which == "image":
+            probes = self._image_latent(request.image, encoder_id)[None]
+            encoder_id = self._encoder.encoder_id
+        elif which == "latents":
+            probes = wire.probes_from_pb(request.latents)
+        else:
+            raise InvalidArgument("match: no probe given (latents or image)")
+        query = wire.match_query_from_pb(request, probes, encoder_id, self._default_layers)
+        if not query.encoder_id:
+            raise InvalidArgument("encoder_id is required")
+        return query, probes
+
     def Get(self, request, context):
+        if request.include_latent:
+            self._require_audit()
         record = self._store.get(request.key_id, request.include_latent)
         if request.include_latent:
             self._audit("GetLatent", {"key_id": request.key_id}, "returned", [request.key_id])
         return wire.record_to_pb(record)
 
     def Delete(self, request, context):
+        self._require_audit()
         which = request.WhichOneof("target")
-        if which == "key_id":
-            deleted = self._store.delete_key(request.key_id)
-        elif which == "identity_id":
-            deleted = self._store.delete_identity(request.identity_id)
-        else:
-            raise InvalidArgument("delete: give a key_id or an identity_id")
-        self._audit("Delete", {which: getattr(request, which)}, "deleted", deleted)
+        target = {which: getattr(request, which)} if which else {}
+        if which == "identity_id":
+            target[which] = target[which][:256]
+        with self._invalid_audited("Delete", target):
+            if which == "key_id":
+                deleted = self._store.delete_key(request.key_id)
+            elif which == "identity_id":
+                deleted = self._store.delete_identity(request.identity_id)
+            else:
+                raise InvalidArgument("delete: give a key_id or an identity_id")
+        self._audit("Delete", target, "deleted", deleted)
         return pb.DeleteResponse(deleted_key_ids=deleted)
 
     def ListIdentities(self, request, context):
@@ -149,3 +186,19 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):
 
     def Stats(self, request, context):
         return wire.stats_to_pb(self._store.stats(self._default_layers))
+
+
+def denial_recorder(audit: AuditLog, metrics: ServiceMetrics) -> Callable[[str, str, str, str], None]:
+    """`record(who, method, code, reason)` for calls the auth interceptor refused (PERMISSION_DENIED,
+    UNAUTHENTICATED): one "denied" record each. Best effort: the call is refused either way, so a failed
+    append is logged and counted, not raised."""
+
+    def record(who: str, method: str, code: str, reason: str) -> None:
+        try:
+            audit.append(who, method.rsplit("/", 1)[-1], {"method": method[:256], "code": code,
+                                                          "reason": reason[:REASON_CHARS]}, "denied")
+        except FacekeysError as e:
+            metrics.audit_failures.inc()
+            log.warning("denied call not audited: %s", e, extra={"rpc": method, "code": code})
+
+    return record

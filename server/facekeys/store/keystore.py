@@ -19,6 +19,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from facekeys.errors import FailedPrecondition, InvalidArgument, NotFound
+from facekeys.limits import MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, quote
 
 from .config import StoreConfig
 from .lmdb_table import LmdbTable, StoredMeta, ValueCipher
@@ -136,6 +137,14 @@ class KeyStore:
                     closer()
             self._table.close()
 
+    def get_setting(self, name: str) -> Optional[bytes]:
+        """A small value another component keeps in this store's LMDB (the audit log's anchor)."""
+        return self._table.get_setting(name)
+
+    def put_setting(self, name: str, value: bytes) -> None:
+        """Replace a setting in one durable LMDB commit."""
+        self._table.put_setting(name, value)
+
     def __enter__(self):
         return self
 
@@ -155,7 +164,7 @@ class KeyStore:
                 checked.append(NewKey(
                     latent=check_latents(key.latent), encoder_id=check_id(key.encoder_id, "encoder_id", required=True),
                     identity_id=check_id(key.identity_id, "identity_id", required=False),
-                    where=key.where.checked(), obfuscation=key.obfuscation,
+                    where=key.where.checked(), obfuscation=key.obfuscation.checked(),
                     attributes=_check_attributes(key.attributes),
                 ))
             except InvalidArgument as e:
@@ -173,8 +182,9 @@ class KeyStore:
     # -- match ------------------------------------------------------------------------------------
     def match(self, query: MatchQuery) -> MatchResult:
         cfg = self.config
+        check_id(query.encoder_id, "encoder_id", required=True)
         if query.metric not in METRICS:
-            raise InvalidArgument(f"unknown metric {query.metric!r}; use one of {', '.join(METRICS)}")
+            raise InvalidArgument(f"unknown metric {quote(query.metric)}; use one of {', '.join(METRICS)}")
         if not isinstance(query.top_k, int) or not 1 <= query.top_k <= cfg.max_top_k:
             raise InvalidArgument(f"top_k must be in 1..{cfg.max_top_k}, got {query.top_k}")
         if not query.layers:
@@ -193,13 +203,13 @@ class KeyStore:
         threshold = cfg.threshold(query.metric) if query.threshold is None else float(query.threshold)
         if not math.isfinite(threshold):
             raise InvalidArgument("threshold must be finite")
-        flt = query.filter
-        if flt.t_from and flt.t_to and flt.t_to < flt.t_from:
-            raise InvalidArgument(f"filter time range is reversed: {flt.t_from} > {flt.t_to}")
+        flt = query.filter.checked()  # ids' lengths and count, finite times, range not reversed
         index = self._indexes.get(query.encoder_id)
         if index is None:
-            known = ", ".join(sorted(self._indexes)) or "none"
-            raise NotFound(f"no keys were ever enrolled with encoder_id {query.encoder_id!r} (known: {known})")
+            names = sorted(self._indexes)
+            known = ", ".join(quote(e) for e in names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+            raise NotFound(f"no keys were ever enrolled with encoder_id {quote(query.encoder_id)} "
+                           f"(known: {known or 'none'})")
         # ann options go to ann indexes only: exact indexes (float32, float16) always scan every admitted key
         opts = query.index_options() if _is_ann(index) else {}
         float16 = isinstance(index, AnnLayerIndex)  # ann and exact float16: re-scored from the float32 keys
@@ -264,7 +274,7 @@ class KeyStore:
         check_id(identity_id, "identity_id", required=True)
         with self._write_lock:
             ids = self._table.keys_of_identity(identity_id)
-            deleted = self._delete_locked(ids, f"identity {identity_id!r} not found")
+            deleted = self._delete_locked(ids, f"identity {quote(identity_id)} not found")
             self._table.forget_identity(identity_id)  # crypto-shred: old bytes anywhere stop decrypting
             return deleted
 
@@ -333,8 +343,9 @@ class KeyStore:
 
     def list_identities(self, after: str = "", limit: int = 1000) -> tuple[list[tuple[str, int]], str]:
         """Identities in sorted order after `after`, with their key counts, and the cursor to go on."""
-        if not 1 <= limit <= 100_000:
-            raise InvalidArgument(f"limit must be in 1..100000, got {limit}")
+        check_id(after, "after", required=False)
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= 100_000:
+            raise InvalidArgument(f"limit must be in 1..100000, got {quote(limit)}")
         names = sorted(n for n in list(self._identity_keys) if n > after)
         page = [(n, self._identity_keys.get(n, 0)) for n in names[:limit]]
         return page, (page[-1][0] if len(names) > limit else "")
@@ -429,10 +440,14 @@ def _check_key_id(key_id) -> int:
 
 def _check_attributes(attrs) -> dict:
     out = {}
-    for k, v in dict(attrs).items():
+    attrs = dict(attrs)
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise InvalidArgument(f"{len(attrs)} attributes, the limit is {MAX_ATTRIBUTES}")
+    for k, v in attrs.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise InvalidArgument("attributes must map strings to strings")
-        if len(k) > 256 or len(v) > 4096:
-            raise InvalidArgument(f"attribute {k[:40]!r} is too long (key <= 256, value <= 4096 chars)")
+        if len(k) > MAX_ATTRIBUTE_KEY_LEN or len(v) > MAX_ATTRIBUTE_VALUE_LEN:
+            raise InvalidArgument(f"attribute {quote(k, 40)} is too long "
+                                  f"(key <= {MAX_ATTRIBUTE_KEY_LEN}, value <= {MAX_ATTRIBUTE_VALUE_LEN} chars)")
         out[k] = v
     return out

@@ -5,7 +5,8 @@ Databases (all keyed by the 8-byte big-endian key id unless noted):
   latent   (18, 512) float32 little-endian bytes
   boxes    (M, 5) int32 little-endian bytes: frame_index, x, y, w, h
   ident    identity_id UTF-8 + NUL + key id -> b""   (identity -> keys; identities never contain NUL)
-  counters b"next_key_id" -> 8-byte big-endian; b"marker:<name>" -> settings fixed at creation
+  counters b"next_key_id" -> 8-byte big-endian; b"marker:<name>" -> settings fixed at creation;
+           b"setting:<name>" -> small values other components keep here (the audit log's anchor)
 A write returns only after its transaction has committed; with `durable=True` the commit is fsync'd.
 
 With a `ValueCipher` (encryption at rest), latent, boxes and meta values are sealed under the key's
@@ -426,6 +427,13 @@ class LmdbTable:
         with self.env.begin(db=self._counters) as txn:
             return txn.get(key)
 
+    def get_setting(self, name: str) -> Optional[bytes]:
+        return self.get_counter(_setting_key(name))
+
+    def put_setting(self, name: str, value: bytes) -> None:
+        """One committed (with `durable`: fsync'd) transaction."""
+        self.write_counter(_setting_key(name), value)
+
     def next_key_id(self) -> int:
         with self.env.begin(db=self._counters) as txn:
             raw = txn.get(_NEXT)
@@ -435,6 +443,31 @@ class LmdbTable:
         """(bytes in use, map size)."""
         info, stat = self.env.info(), self.env.stat()
         return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
+
+
+def _setting_key(name: str) -> bytes:
+    return f"setting:{name}".encode()
+
+
+def read_setting(path: Path, name: str) -> Optional[bytes]:
+    """One setting of the store at `path`, read without opening the store (another process, the server,
+    may hold it open for writing; no cipher needed: settings are not sealed)."""
+    path = Path(path)
+    if not (path / "data.mdb").is_file():
+        raise InvalidArgument(f"no key store at {path} (no data.mdb)")
+    try:
+        env = lmdb.open(str(path), readonly=True, subdir=True, max_dbs=8, lock=True)
+    except lmdb.Error as e:
+        raise FailedPrecondition(f"cannot open the key store at {path} read-only: {e}") from None
+    try:
+        with env.begin() as txn:
+            try:
+                db = env.open_db(b"counters", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return None
+            return txn.get(_setting_key(name), db=db)
+    finally:
+        env.close()
 
 
 class _WriteTxn:
