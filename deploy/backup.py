@@ -43,7 +43,7 @@ import lmdb
 MANIFEST = "MANIFEST.json"
 FORMAT = 1  # still 1: a manifest without "keyring" is a backup of a store without encryption at rest
 KEYRING = "keyring"  # <data-dir>/keyring: per-identity data keys (facekeys.security.crypto.Keyring)
-KEYRING_SLOT = 128  # bytes per keyring slot; byte 0 is 1 for a slot in use
+KEYRING_SLOT = 128  # bytes per keyring slot; byte 0: 0 free, 1 or 2 a data key, 3 the index key
 KEEP_ON_RESTORE = ("audit",)  # never moved aside or replaced by a restore
 
 
@@ -144,7 +144,7 @@ def _keyring_info(path: Path) -> dict:
     raw = path.read_bytes()
     if len(raw) % KEYRING_SLOT:
         raise BackupError(f"keyring {path}: size {len(raw)} is not a multiple of {KEYRING_SLOT} (damaged)")
-    used = sum(1 for i in range(0, len(raw), KEYRING_SLOT) if raw[i] == 1)
+    used = sum(1 for i in range(0, len(raw), KEYRING_SLOT) if raw[i] in (1, 2))
     return {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "slots_used": used}
 
 

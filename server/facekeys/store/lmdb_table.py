@@ -4,19 +4,24 @@ Databases (all keyed by the 8-byte big-endian key id unless noted):
   meta     JSON metadata of the key
   latent   (18, 512) float32 little-endian bytes
   boxes    (M, 5) int32 little-endian bytes: frame_index, x, y, w, h
-  ident    identity_id UTF-8 + NUL + key id -> b""   (identity -> keys; identities never contain NUL)
+  ident    identity_id UTF-8 + NUL + key id -> b""   (identity -> keys; identities never contain NUL);
+           encrypted: identity token (32) + key id -> b""
   counters b"next_key_id" -> 8-byte big-endian; b"marker:<name>" -> settings fixed at creation;
            b"setting:<name>" -> small values other components keep here (the audit log's anchor)
 A write returns only after its transaction has committed; with `durable=True` the commit is fsync'd.
 
 With a `ValueCipher` (encryption at rest), latent, boxes and meta values are sealed under the key's
-identity; the meta value is then `identity_id NUL sealed-json`. The authenticated data binds each value
-to its database and key id, so values cannot be swapped between records.
+identity; the meta value is then `token sealed-json`, where the token (the cipher's keyed hash of the identity
+id) is all the file says of the identity: no identity id is stored in the clear, and an erased identity's
+token goes with its rows and its data key. The authenticated data binds each value to its database and key id,
+so values cannot be swapped between records. Data keys the rows no longer use (an enrolment refused after
+sealing, a crash between the two) are forgotten at once, and swept when the table opens.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import struct
 import threading
@@ -36,15 +41,31 @@ from facekeys.records import KeyRecord, NewKey, Obfuscation, Where
 from facekeys.store.lmdb_pages import SUPPORTED, ValueLocator
 
 class ValueCipher(Protocol):
-    """Seals values under a per-identity key (facekeys.security.crypto.Keyring implements it)."""
+    """Seals values under a per-identity key, named by a keyed token of the identity
+    (facekeys.security.crypto.Keyring implements it)."""
 
     fingerprint: str
 
-    def seal(self, identity: str, aad: bytes, data: bytes) -> bytes: ...
+    def token(self, identity: str) -> bytes: ...  # (TOKEN_BYTES,) keyed hash naming the identity
 
-    def open(self, identity: str, aad: bytes, blob: bytes) -> bytes: ...
+    def seal(self, token: bytes, aad: bytes, data: bytes) -> bytes: ...
 
-    def forget(self, identity: str) -> bool: ...
+    def open(self, token: bytes, aad: bytes, blob: bytes) -> bytes: ...
+
+    def has(self, token: bytes) -> bool: ...
+
+    def subjects(self) -> list[bytes]: ...  # every token holding a data key
+
+    def forget(self, token: bytes) -> bool: ...
+
+    legacy_slots: int  # data keys still filed under the identity id's plain hash (an older keyring)
+
+    def adopt(self, identity: str) -> bool: ...  # re-file such a key under the identity's token
+
+    def drop_legacy(self) -> int: ...
+
+
+TOKEN_BYTES = 32
 
 
 _U64 = struct.Struct(">Q")
@@ -75,8 +96,8 @@ def _k(key_id: int) -> bytes:
     return _U64.pack(key_id)
 
 
-def _ident_key(identity_id: str, key_id: int) -> bytes:
-    return identity_id.encode() + b"\x00" + _k(key_id)
+def _has_prefix(cursor, prefix: bytes) -> bool:
+    return cursor.set_range(prefix) and bytes(cursor.key()).startswith(prefix)
 
 
 @dataclass(frozen=True)
@@ -122,19 +143,29 @@ class LmdbTable:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(
+        self._open_env = lambda: lmdb.open(
             str(path), map_size=map_size, subdir=True, max_dbs=8, sync=durable, metasync=durable,
             readahead=False, max_readers=512, lock=True,
         )
-        self._meta = self.env.open_db(b"meta")
-        self._latent = self.env.open_db(b"latent")
-        self._boxes = self.env.open_db(b"boxes")
-        self._ident = self.env.open_db(b"ident")
-        self._counters = self.env.open_db(b"counters")
+        self._open_dbs(self._open_env())
+        self._cipher = cipher
+        self._tokens: dict[str, bytes] = {}
+        self._put_lock = threading.Lock()  # a put's new data keys are forgotten if it fails: puts one at a time
+        self._locator = None
+        self.check_marker("encryption", f"aes-gcm:{cipher.fingerprint}" if cipher else "none")
+        if cipher is not None:
+            self._tokenize_identities()
+            self._sweep_data_keys()
         # get_latents' placed reads (None: prefetch=False, or a platform where values cannot be placed)
         self._locator = ValueLocator(path / "data.mdb", self.env.stat()["psize"]) if prefetch and SUPPORTED else None
-        self._cipher = cipher
-        self.check_marker("encryption", f"aes-gcm:{cipher.fingerprint}" if cipher else "none")
+
+    def _open_dbs(self, env) -> None:
+        self.env = env
+        self._meta = env.open_db(b"meta")
+        self._latent = env.open_db(b"latent")
+        self._boxes = env.open_db(b"boxes")
+        self._ident = env.open_db(b"ident")
+        self._counters = env.open_db(b"counters")
 
     def check_marker(self, name: str, value: str) -> None:
         """Record a setting on first use; refuse to open with a different one later."""
@@ -165,26 +196,99 @@ class LmdbTable:
 
     # -- value sealing ----------------------------------------------------------------------------
     def _seal(self, identity: str, tag: bytes, kb: bytes, data: bytes) -> bytes:
-        return data if self._cipher is None else self._cipher.seal(identity, tag + kb, data)
+        return data if self._cipher is None else self._cipher.seal(self._token(identity), tag + kb, data)
 
     def _open(self, identity: str, tag: bytes, kb: bytes, blob: bytes) -> bytes:
-        return blob if self._cipher is None else self._cipher.open(identity, tag + kb, blob)
+        return blob if self._cipher is None else self._cipher.open(self._token(identity), tag + kb, blob)
 
     def _encode_meta(self, meta: "StoredMeta", kb: bytes) -> bytes:
         raw = meta.encode()
         if self._cipher is None:
             return raw
-        return meta.identity_id.encode() + b"\x00" + self._cipher.seal(meta.identity_id, b"meta" + kb, raw)
+        token = self._token(meta.identity_id)
+        return token + self._cipher.seal(token, b"meta" + kb, raw)
 
     def _decode_meta(self, key_id: int, raw: bytes) -> "StoredMeta":
         if self._cipher is not None:
-            identity, _, blob = raw.partition(b"\x00")
-            raw = self._cipher.open(identity.decode(), b"meta" + _k(key_id), blob)
+            raw = self._cipher.open(raw[:TOKEN_BYTES], b"meta" + _k(key_id), raw[TOKEN_BYTES:])
         return StoredMeta.decode(key_id, raw)
 
     def forget_identity(self, identity_id: str) -> bool:
         """Crypto-shred an identity's data key (no-op without encryption)."""
-        return self._cipher.forget(identity_id) if self._cipher is not None else False
+        return self._cipher.forget(self._token(identity_id)) if self._cipher is not None else False
+
+    # -- identity tokens (encrypted tables) -------------------------------------------------------
+    def _token(self, identity: str) -> bytes:
+        t = self._tokens.get(identity)
+        if t is None:
+            t = self._cipher.token(identity)
+            if len(self._tokens) < 65536:  # a cache, bounded
+                self._tokens[identity] = t
+        return t
+
+    def _ident_prefix(self, identity: str) -> bytes:
+        return self._token(identity) if self._cipher is not None else identity.encode() + b"\x00"
+
+    def _tokenize_identities(self) -> None:
+        """A table encrypted before identity tokens keeps identity ids in the clear (ident keys, meta
+        prefixes): rewrite them as tokens, in one transaction, after re-filing each data key under its token;
+        then compact the file, so that the pages that held the ids in the clear are not kept as free pages."""
+        with self.env.begin(db=self._counters) as txn:
+            state = txn.get(b"marker:identity-index")
+        if state is None:
+            state = self._rewrite_identities()
+        if state == b"token-v1-uncompacted":
+            self._compact()
+            with self._write() as txn:
+                self.set_marker(txn, "identity-index", "token-v1")
+
+    def _compact(self) -> None:
+        """Replace data.mdb by a compacted copy of itself (LMDB's copy with compaction: live pages only)."""
+        tmp = self.path / "compact.tmp"
+        tmp.mkdir(exist_ok=True)
+        (tmp / "data.mdb").unlink(missing_ok=True)
+        self.env.copy(str(tmp), compact=True)
+        self.env.close()
+        os.replace(tmp / "data.mdb", self.path / "data.mdb")
+        tmp.rmdir()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._open_dbs(self._open_env())
+
+    def _rewrite_identities(self) -> bytes:
+        """The rewrite; returns the state it leaves (b"token-v1" for a new table: nothing to compact)."""
+        with self._write() as txn:
+            if txn.get(_NEXT, db=self._counters) is None:
+                self.set_marker(txn, "identity-index", "token-v1")
+                return b"token-v1"
+            legacy = [bytes(k) for k in txn.cursor(db=self._ident).iternext(values=False)]
+            for identity in {k[:-9].decode() for k in legacy}:
+                self._cipher.adopt(identity)
+            for k in legacy:
+                identity, kb = k[:-9].decode(), k[-8:]
+                token = self._token(identity)
+                txn.delete(k, db=self._ident)
+                txn.put(token + kb, b"", db=self._ident)
+                raw = bytes(txn.get(kb, db=self._meta))
+                txn.put(kb, token + raw.partition(b"\x00")[2], db=self._meta)
+            self.set_marker(txn, "identity-index", "token-v1-uncompacted")
+        self._cipher.drop_legacy()
+        return b"token-v1-uncompacted"
+
+    def _sweep_data_keys(self) -> None:
+        """Forget data keys no row uses (a crash between sealing and committing an enrolment)."""
+        used = set()
+        with self.env.begin(db=self._ident) as txn:
+            for k in txn.cursor().iternext(values=False):
+                used.add(bytes(k[:TOKEN_BYTES]))
+        for token in self._cipher.subjects():
+            if token not in used:
+                self._cipher.forget(token)
+        if self._cipher.legacy_slots:
+            self._cipher.drop_legacy()
 
     def _write(self):
         return _WriteTxn(self.env)
@@ -192,6 +296,18 @@ class LmdbTable:
     # -- writes -----------------------------------------------------------------------------------
     def put(self, keys: Sequence[NewKey], identities: Sequence[str]) -> list[StoredMeta]:
         """Store checked keys in one transaction; assign key ids. Returns after commit."""
+        with self._put_lock:
+            if self._cipher is None:
+                return self._put(keys, identities)
+            fresh = {t for t in map(self._token, identities) if not self._cipher.has(t)}
+            try:
+                return self._put(keys, identities)
+            except BaseException:
+                for token in fresh:  # made for this refused put only: nothing stored is sealed under them
+                    self._cipher.forget(token)
+                raise
+
+    def _put(self, keys: Sequence[NewKey], identities: Sequence[str]) -> list[StoredMeta]:
         now = time.time()
         out = []
         with self._write() as txn:
@@ -208,7 +324,7 @@ class LmdbTable:
                 txn.put(kb, self._encode_meta(meta, kb), db=self._meta)
                 txn.put(kb, self._seal(identity, b"latent", kb, key.latent.astype("<f4").tobytes()), db=self._latent)
                 txn.put(kb, self._seal(identity, b"boxes", kb, w.boxes.astype("<i4").tobytes()), db=self._boxes)
-                txn.put(_ident_key(identity, next_id), b"", db=self._ident)
+                txn.put(self._ident_prefix(identity) + kb, b"", db=self._ident)
                 out.append(meta)
                 next_id += 1
             txn.put(_NEXT, _U64.pack(next_id), db=self._counters)
@@ -217,23 +333,28 @@ class LmdbTable:
     def delete(self, key_ids: Sequence[int]) -> list[StoredMeta]:
         """Delete keys that exist; returns the metadata of those deleted."""
         gone = []
-        with self._write() as txn:
-            for key_id in key_ids:
-                kb = _k(key_id)
-                raw = txn.get(kb, db=self._meta)
-                if raw is None:
-                    continue
-                meta = self._decode_meta(key_id, raw)
-                txn.delete(kb, db=self._meta)
-                txn.delete(kb, db=self._latent)
-                txn.delete(kb, db=self._boxes)
-                txn.delete(_ident_key(meta.identity_id, key_id), db=self._ident)
-                gone.append(meta)
+        with self._put_lock:
+            with self._write() as txn:
+                for key_id in key_ids:
+                    kb = _k(key_id)
+                    raw = txn.get(kb, db=self._meta)
+                    if raw is None:
+                        continue
+                    meta = self._decode_meta(key_id, raw)
+                    txn.delete(kb, db=self._meta)
+                    txn.delete(kb, db=self._latent)
+                    txn.delete(kb, db=self._boxes)
+                    txn.delete(self._ident_prefix(meta.identity_id) + kb, db=self._ident)
+                    gone.append(meta)
+                emptied = [t for t in {self._ident_prefix(m.identity_id) for m in gone}
+                           if not _has_prefix(txn.cursor(db=self._ident), t)] if self._cipher is not None else []
+            for token in emptied:  # an identity's last key went: its data key goes too (no orphan slots)
+                self._cipher.forget(token)
         return gone
 
     # -- reads ------------------------------------------------------------------------------------
     def keys_of_identity(self, identity_id: str) -> list[int]:
-        prefix = identity_id.encode() + b"\x00"
+        prefix = self._ident_prefix(identity_id)
         out = []
         with self.env.begin(db=self._ident) as txn:
             cur = txn.cursor()
