@@ -608,15 +608,19 @@ def test_networkpolicy_gateways_reach_only_keystore_grpc():
 
 
 def test_servicemonitor_selects_both_services_metrics_ports():
-    (sm,) = load_yaml_docs(K8S / "optional" / "servicemonitor.yaml")
-    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor"
-    sel = sm["spec"]["selector"]["matchLabels"]
-    selected = [s for s in _objects() if s["kind"] == "Service" and _matches(sel, s["metadata"]["labels"])
-                and s["spec"].get("clusterIP") != "None"]
-    assert {s["metadata"]["name"] for s in selected} == {"facekeys-keystore", "facekeys-recovery"}
-    port = sm["spec"]["endpoints"][0]["port"]
-    for s in selected:
-        assert port in {p["name"] for p in s["spec"]["ports"]}
+    monitors = load_yaml_docs(K8S / "optional" / "servicemonitor.yaml")
+    names = set()
+    for sm in monitors:  # one per service: each checks its own certificate name over HTTPS
+        assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor"
+        sel = sm["spec"]["selector"]["matchLabels"]
+        (svc,) = [s for s in _objects() if s["kind"] == "Service" and _matches(sel, s["metadata"]["labels"])
+                  and s["spec"].get("clusterIP") != "None"]
+        (ep,) = sm["spec"]["endpoints"]
+        assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]}
+        assert ep["scheme"] == "https" and ep["tlsConfig"]["serverName"].startswith(svc["metadata"]["name"] + ".")
+        assert ep["tlsConfig"]["ca"]["secret"]["name"] == svc["metadata"]["name"] + "-secrets"
+        names.add(svc["metadata"]["name"])
+    assert names == {"facekeys-keystore", "facekeys-recovery"}
     # The rules' job names are the Service names (what the ServiceMonitor yields).
     jobs = set(re.findall(r'job="([^"]+)"', (PROM / "rules.yml").read_text()))
     assert jobs <= {"facekeys-keystore", "facekeys-recovery"}

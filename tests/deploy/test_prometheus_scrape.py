@@ -6,6 +6,7 @@ Everything binds 127.0.0.1 on free ports, waits are bounded, and the fixtures st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -54,17 +55,19 @@ def keystore(tmp_path):
     srv.stop(grace=0)
 
 
-@pytest.fixture
-def prometheus(tmp_path, keystore):
+@contextlib.contextmanager
+def running_prometheus(tmp_path, job: dict):
+    """A Prometheus server scraping one job (a scrape_configs entry) every SCRAPE_S, with the deployed rules;
+    yields its base URL."""
     binary = require_tool("prometheus")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     port = free_port()
     rules = (DEPLOY / "prometheus" / "rules.yml").read_text()
     (tmp_path / "rules.yml").write_text(rules)
     (tmp_path / "prometheus.yml").write_text(json.dumps({
         "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s", "scrape_timeout": "1s"},
         "rule_files": ["rules.yml"],
-        "scrape_configs": [{"job_name": "facekeys-keystore",
-                            "static_configs": [{"targets": [f"127.0.0.1:{keystore.metrics_port}"]}]}],
+        "scrape_configs": [job],
     }))
     log = open(tmp_path / "prometheus.log", "w")
     proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -86,6 +89,18 @@ def prometheus(tmp_path, keystore):
         log.close()
 
 
+@pytest.fixture
+def prometheus(tmp_path, keystore):
+    with running_prometheus(tmp_path, {"job_name": "facekeys-keystore",
+                                       "static_configs": [{"targets": [f"127.0.0.1:{keystore.metrics_port}"]}]}) as base:
+        yield base
+
+
+def target_up(prometheus):
+    (t,) = api(prometheus, "/api/v1/targets")["activeTargets"]
+    return t if t["health"] == "up" else None
+
+
 def test_prometheus_scrapes_the_key_store(keystore, prometheus):
     from facekeys.client import Client
     from facekeys.records import NewKey
@@ -99,11 +114,7 @@ def test_prometheus_scrapes_the_key_store(keystore, prometheus):
         assert all(p.accepted for p in r.results)
         c.stats()
 
-    def target_up():
-        (t,) = api(prometheus, "/api/v1/targets")["activeTargets"]
-        return t if t["health"] == "up" else None
-
-    t = wait_for("target up", target_up)
+    t = wait_for("target up", lambda: target_up(prometheus))
     assert t["labels"]["job"] == "facekeys-keystore"
     assert t["scrapeUrl"] == f"http://127.0.0.1:{keystore.metrics_port}/metrics"
 
@@ -151,3 +162,35 @@ def test_rules_load_and_dashboard_queries_run(keystore, prometheus):
     for title, expr in dashboard_exprs():
         if title in ("Keys stored", "Index memory", "LMDB map used", "Targets up"):
             assert api(prometheus, "/api/v1/query", query=expr)["result"], title
+
+
+def test_prometheus_scrapes_a_tls_key_store_over_https(tmp_path):
+    """A key store with TLS serves its metrics over HTTPS with the same certificate (deploy/prometheus's
+    scrape jobs: scheme https, the deployment CA); a plain-HTTP scrape of it fails."""
+    from fkhelpers import make_tls
+
+    from facekeys.security.config import SecurityConfig
+    from facekeys.server import KeyStoreServer, ServerConfig
+    from facekeys.store import StoreConfig
+
+    tls = make_tls(tmp_path / "tls")
+    srv = KeyStoreServer(ServerConfig(
+        data_dir=tmp_path / "ks", host="127.0.0.1", port=0, metrics_port=0, store=StoreConfig(map_size=1 << 28),
+        security=SecurityConfig(tls_cert=tls["server_cert"], tls_key=tls["server_key"]))).start()
+    target = {"targets": [f"127.0.0.1:{srv.metrics_port}"]}
+    try:
+        with running_prometheus(tmp_path / "https", {"job_name": "facekeys-keystore", "scheme": "https",
+                                                     "tls_config": {"ca_file": str(tls["ca"])},
+                                                     "static_configs": [target]}) as base:
+            t = wait_for("target up over https", lambda: target_up(base))
+            assert t["scrapeUrl"] == f"https://127.0.0.1:{srv.metrics_port}/metrics"
+            assert wait_for("a series", lambda: api(base, "/api/v1/query", query="facekeys_keys_stored")["result"])
+        with running_prometheus(tmp_path / "http", {"job_name": "facekeys-keystore",
+                                                    "static_configs": [target]}) as base:
+            def target_down():
+                (t,) = api(base, "/api/v1/targets")["activeTargets"]
+                return t if t["health"] == "down" else None
+
+            assert wait_for("plain-HTTP scrape fails", target_down)["lastError"]
+    finally:
+        srv.stop(grace=0)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import resource
 import signal
+import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import grpc
@@ -30,6 +33,17 @@ def fk(*args, check=True):
     if check:
         assert p.returncode == 0, p.stderr
     return p
+
+
+REFUSED = (urllib.error.URLError, ConnectionError, http.client.HTTPException, ssl.SSLError)
+
+
+def scrape(srv, ca, cert=None, key=None, scheme="https") -> str:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    url = f"{scheme}://127.0.0.1:{srv.metrics_port}/metrics"
+    return urllib.request.urlopen(url, timeout=5, context=ctx if scheme == "https" else None).read().decode()
 
 
 @pytest.fixture
@@ -167,7 +181,7 @@ def test_audit_write_failure_fails_the_call(secured):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, previous)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5).read().decode()
+    text = scrape(srv, secured["tls"]["ca"])
     assert "facekeys_audit_write_failures_total 1.0" in text
     assert secured["audit"].stat().st_size == size  # the partial record was cut back off
     with secured["client"]("inv") as inv:
@@ -175,6 +189,16 @@ def test_audit_write_failure_fails_the_call(secured):
     out = json.loads(fk("audit", "verify", "--log", secured["audit"], "--key-file", secured["sec"] / "audit.key",
                         "--data-dir", srv.config.data_dir).stdout)
     assert out["state"] == "ok"
+
+
+def test_metrics_of_a_tls_server_are_served_over_tls(secured):
+    srv = secured["srv"]
+    assert "facekeys_keys_stored" in scrape(srv, secured["tls"]["ca"])
+    with pytest.raises(REFUSED):  # plain HTTP to the TLS endpoint: no answer
+        scrape(srv, secured["tls"]["ca"], scheme="http")
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # not our CA: refused
+        urllib.request.urlopen(f"https://127.0.0.1:{srv.metrics_port}/metrics", timeout=5,
+                               context=ssl.create_default_context())
 
 
 def test_mutual_tls_identifies_the_client(tmp_path):
@@ -185,7 +209,7 @@ def test_mutual_tls_identifies_the_client(tmp_path):
     fk("creds", "issue", "--file", creds, "--name", "cam-gw-1", "--role", "gateway", "--audit-log",
        tmp_path / "a.log", "--audit-key-file", sec / "audit.key")
     srv = KeyStoreServer(ServerConfig(
-        data_dir=tmp_path / "d", port=0, metrics_port=-1, store=StoreConfig(map_size=1 << 28),
+        data_dir=tmp_path / "d", port=0, metrics_port=0, store=StoreConfig(map_size=1 << 28),
         security=SecurityConfig(tls_cert=tls["server_cert"], tls_key=tls["server_key"], tls_client_ca=tls["ca"],
                                 credentials_file=creds, audit_log=tmp_path / "a.log",
                                 audit_key_file=sec / "audit.key"))).start()
@@ -204,6 +228,10 @@ def test_mutual_tls_identifies_the_client(tmp_path):
             c.enroll([NewKey(random_keys(1)[0], "enc")])
         with Client(srv.address, tls_ca=ca, timeout=3) as c, pytest.raises(Exception):
             c.enroll([NewKey(random_keys(1)[0], "enc")])  # no client certificate: handshake refused
+        # the metrics endpoint asks for a client certificate of the same CA too
+        assert "facekeys_keys_stored 1.0" in scrape(srv, tls["ca"], tls["cam-gw-1_cert"], tls["cam-gw-1_key"])
+        with pytest.raises(REFUSED):
+            scrape(srv, tls["ca"])
     finally:
         srv.stop(grace=0)
 

@@ -21,6 +21,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
+class HttpTls:
+    """An HTTP endpoint (metrics) over HTTPS: the gRPC listener's certificate and, for mutual TLS, its client CA."""
+
+    cert: Path
+    key: Path
+    client_ca: Optional[Path] = None
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     tls_cert: Optional[Path] = None  # PEM server certificate (chain)
     tls_key: Optional[Path] = None  # PEM private key of the certificate
@@ -70,6 +79,14 @@ class Security:
         self.transform = KeyTransform(load_secret(cfg.transform_secret_file)) if cfg.transform_secret_file else None
         self.cipher = (Keyring(Path(data_dir) / "keyring", LocalKeyProvider.from_file(cfg.master_key_file))
                        if cfg.master_key_file else None)
+
+    def http_tls(self) -> Optional[HttpTls]:
+        """The metrics endpoint's TLS: the same certificate (and client CA) as the gRPC listener; None without TLS.
+        A listener beyond loopback has TLS unless `insecure` (SecurityConfig.check), so its metrics do too."""
+        cfg = self.config
+        if cfg.tls_cert is None:
+            return None
+        return HttpTls(Path(cfg.tls_cert), Path(cfg.tls_key), Path(cfg.tls_client_ca) if cfg.tls_client_ca else None)
 
     def server_credentials(self) -> Optional[grpc.ServerCredentials]:
         cfg = self.config

@@ -7,6 +7,8 @@ from typing import Callable, Optional
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from facekeys.security.config import HttpTls
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -40,9 +42,13 @@ class ServiceMetrics:
         """`facekeys_audit_ok`: 1 while the audit log verifies and takes appends, 0 once it failed."""
         self.registry.register(_AuditCollector(audit))
 
-    def serve_http(self, host: str, port: int):
-        """Start the /metrics endpoint; returns (http_server, thread)."""
-        return start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, host: str, port: int, tls: Optional[HttpTls] = None):
+        """Start the /metrics endpoint (HTTPS with `tls`); returns (http_server, thread)."""
+        if tls is None:
+            return start_http_server(port, addr=host, registry=self.registry)
+        return start_http_server(port, addr=host, registry=self.registry, certfile=str(tls.cert),
+                                 keyfile=str(tls.key), client_cafile=str(tls.client_ca) if tls.client_ca else None,
+                                 client_auth_required=tls.client_ca is not None)
 
 
 class _StoreCollector:

@@ -128,7 +128,7 @@ class GrpcService:
         self.metrics_port = None
         self._http = None
         if listen.metrics_port >= 0:
-            self._http, _ = metrics.serve_http(listen.host, listen.metrics_port)
+            self._http, _ = metrics.serve_http(listen.host, listen.metrics_port, security.http_tls())
             self.metrics_port = self._http.server_port
         self._stopped = threading.Event()
 
