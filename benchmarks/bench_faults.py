@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facekeys.bench.serve import start_serve
 from facekeys.client import Client
 from facekeys.errors import FacekeysError
 from facekeys.records import NewKey
@@ -37,21 +36,11 @@ from facekeys.security import audit as A
 def start(data: Path, log: Path, keyfile: Path, timeout: float = 60.0):
     """(process, address, seconds to the banner), or (None, None, seconds) if it did not start."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facekeys.cli", "serve", "--data-dir", str(data), "--port", "0", "--metrics-port",
-         "-1", "--map-size", "1G", "--log-level", "WARNING", "--audit-log", str(log), "--audit-key-file",
-         str(keyfile)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"listening on (\S+?)(,|$)", line)
-        if m:
-            return proc, m.group(1), time.perf_counter() - t0
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    proc.wait()
-    return None, None, time.perf_counter() - t0
+    try:
+        proc, address = start_serve(data, "--audit-log", log, "--audit-key-file", keyfile, timeout=timeout)
+    except RuntimeError:
+        return None, None, time.perf_counter() - t0
+    return proc, address, time.perf_counter() - t0
 
 
 def load(address: str, probe: np.ndarray, stop: threading.Event, answered: list) -> None:

@@ -15,9 +15,7 @@ latency (send -> ack) p50/p99 overall and per --window seconds, so a backlog tha
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facekeys.bench.serve import start_serve
 from facekeys.client import Client
 from facekeys.dims import KEY_SHAPE
 from facekeys.records import NewKey
@@ -33,19 +32,7 @@ ENCODER = "bench:mixed"
 
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facekeys.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
-         "--metrics-port", "-1", "--map-size", "8G", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on (\S+?)(,|$)", proc.stdout.readline())
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_serve(data_dir, map_size="8G", timeout=120)
 
 
 def keys(rng: np.random.Generator, n: int, first: int) -> list[NewKey]:

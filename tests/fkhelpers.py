@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import time
-
 import numpy as np
 
 from facekeys.dims import DIM, N_LAYERS
@@ -132,17 +127,6 @@ def check_exact(result, gallery16, ids, probes, layers, metric, k, admitted=None
 
 def start_server(data_dir, *extra):
     """`facekeys serve` in a subprocess on a free loopback port: (process, address)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facekeys.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
-         "--metrics-port", "-1", "--map-size", "1G", "--log-level", "WARNING", *map(str, extra)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"listening on (\S+?)(,|$)", line)
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("server did not start")
+    from facekeys.bench.serve import start_serve
+
+    return start_serve(data_dir, *extra)
