@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
+import site
+import sys
 import tomllib
 from pathlib import Path
 
@@ -80,7 +82,12 @@ def test_installed_distributions_are_the_locked_ones():
     """Every distribution in the test environment is in the lock at the locked version, and every locked one
     is installed (facekeys itself, the editable project, aside)."""
     pins = locked.pins(LOCK.read_text())
-    installed = {locked.canonical(d.metadata["Name"]): d.version for d in md.distributions()}
+    # Ray, once imported, puts its vendored copies (ray/thirdparty_files: psutil, colorama) on sys.path: files
+    # of the locked ray distribution, not distributions of the environment.
+    sites = [Path(p).resolve() for p in site.getsitepackages()]
+    paths = [p for p in sys.path if not any(Path(p).resolve() != s and Path(p).resolve().is_relative_to(s)
+                                            for s in sites)]
+    installed = {locked.canonical(d.metadata["Name"]): d.version for d in md.distributions(path=paths)}
     installed.pop("facekeys", None)
     assert {n: v for n, v in installed.items() if pins.get(n) != v} == {}, "installed but not locked (or other version)"
     assert sorted(pins.keys() - installed.keys()) == [], "locked but not installed: rerun bash scripts/setup.sh"

@@ -4,6 +4,8 @@
     facekeys index --manifest sources.csv --out-dir obf --encoder-checkpoint psp.pt --server 10.0.0.5:50051 \\
         --token-file gateway.token --tls-ca ca.pem
     facekeys index archive/ --camera lobby --out-dir obf --no-keys
+    facekeys index --manifest sources.csv --out-dir /shared/obf --encoder-checkpoint /shared/psp.pt \\
+        --server 10.0.0.5:50051 --ray auto          # one task per video on a Ray cluster
 
 Sources: files (any extension) and folders (searched recursively for video extensions), each with the
 `--camera` id, and/or a manifest (CSV with a header, or JSON lines) with `path`, `camera_id` and optionally
@@ -14,11 +16,16 @@ copy was written, not when the video was recorded.
 
 One line per video on stdout (done / skipped / FAILED with the reason), a summary at the end, and each
 failed video once more on stderr as `facekeys: error: <path>: <reason>`. Exit status 1 if any video failed.
+
+With `--ray` the videos are processed on a Ray cluster (facekeys.indexer.cluster): this process keeps the
+journal and enrols, the workers decode, detect, obfuscate and encode; every node must see the sources,
+--out-dir and the checkpoint at the same paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -27,6 +34,7 @@ from pathlib import Path
 
 from facekeys.errors import InvalidArgument
 
+from .cluster import RayConfig
 from .detect import KINDS, DetectorConfig
 from .index import FileResult, IndexConfig, Indexer, Progress, RunResult, Source
 from .obfuscate import METHODS, ObfuscationConfig
@@ -96,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--blur-sigma", type=float, default=ObfuscationConfig.blur_sigma)
     o.add_argument("--crf", type=int, default=EncoderConfig.crf)
     o.add_argument("--preset", default=EncoderConfig.preset)
+
+    c = p.add_argument_group("cluster (Ray)")
+    c.add_argument("--ray", metavar="ADDRESS", help="run the videos on a Ray cluster: auto (the running `ray start` cluster), local (start one here), HOST:PORT or ray://HOST:PORT")
+    c.add_argument("--ray-cpus", type=float, default=RayConfig.cpus_per_task, help="CPUs a video's task asks for")
+    c.add_argument("--ray-gpus", type=float, default=RayConfig.gpus_per_task,
+                   help="GPUs a video's task asks for (> 0: GPU nodes, the encoder on CUDA)")
+    c.add_argument("--ray-retries", type=int, default=RayConfig.max_retries,
+                   help="times a video is redone after its worker died")
+    c.add_argument("--ray-local-cpus", type=int, help="--ray local: CPUs of the local cluster (default: all)")
 
     r = p.add_argument_group("reporting")
     g = r.add_mutually_exclusive_group()
@@ -194,6 +211,35 @@ class TqdmProgress(Progress):
         self.overall.close()
 
 
+class ClusterProgress(Progress):
+    """Videos and frames over the whole cluster (several videos at once): two bars on stderr."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.overall = tqdm(total=total, unit="video", desc="videos", position=0, file=sys.stderr, dynamic_ncols=True)
+        self.frames = tqdm(total=0, unit="frame", desc="frames", position=1, file=sys.stderr, dynamic_ncols=True)
+
+    def begin(self, source, total_frames):
+        if total_frames:
+            self.frames.total += total_frames
+            self.frames.refresh()
+
+    def frame(self):
+        self.frames.update(1)
+
+    def end(self, result):
+        self.overall.update(1)
+
+    def write(self, line: str) -> None:
+        self._tqdm.write(line, file=sys.stdout)
+
+    def close(self):
+        self.frames.close()
+        self.overall.close()
+
+
 # -- reporting --------------------------------------------------------------------------------------------
 def format_result(r: FileResult) -> str:
     notes = f" ({'; '.join(r.notes)})" if r.notes else ""
@@ -229,6 +275,15 @@ def summary(run: RunResult, seconds: float) -> str:
     if any(r.keys for r in by["done"]):
         line += f", key extraction {ksec:.1f} s"
     return line + f"; {seconds:.1f} s"
+
+
+def cluster_summary(run: RunResult, seconds: float, extractor) -> str:
+    """The cluster's line of the final report: nodes, workers, videos redone, wall-clock throughput."""
+    done = [r for r in run.results if r.status == "done"]
+    frames = sum(r.frames for r in done)
+    return (f"ray: {extractor.nodes()} node(s), {len(extractor.workers)} worker process(es); "
+            f"{len(extractor.retried)} video(s) redone after a lost worker; {len(done) / seconds * 3600:.0f} videos/h, "
+            f"{frames / seconds:.1f} frames/s (wall clock)")
 
 
 def _report_json(run: RunResult) -> dict:
@@ -304,28 +359,46 @@ def main(argv: list[str]) -> int:
     if (args.token_file or args.tls_ca) and not args.server:
         raise InvalidArgument("--token-file and --tls-ca go with --server")
 
-    encoder = sink = None
-    if not args.no_keys:
-        from facekeys.models import FaceEncoder  # torch: only when keys are wanted
+    ray_cfg = None
+    if args.ray is not None:
+        ray_cfg = RayConfig(address=args.ray, cpus_per_task=args.ray_cpus, gpus_per_task=args.ray_gpus,
+                            max_retries=args.ray_retries, num_cpus=args.ray_local_cpus)
+    elif args.ray_local_cpus is not None:
+        raise InvalidArgument("--ray-local-cpus goes with --ray local")
+    if not args.no_keys and not args.encoder_checkpoint.is_file():
+        raise InvalidArgument(f"encoder checkpoint {str(args.encoder_checkpoint)!r} is not a file")
 
-        if not args.encoder_checkpoint.is_file():
-            raise InvalidArgument(f"encoder checkpoint {str(args.encoder_checkpoint)!r} is not a file")
-        encoder = FaceEncoder(args.encoder_checkpoint, device=args.encoder_device)
-        sink = _sink(args)
+    encoder = sink = extractor = None
+    with contextlib.ExitStack() as stack:
+        if ray_cfg is not None:  # the workers load the models; this process keeps the journal and enrols
+            from .cluster import RayExtractor
 
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    progress = TqdmProgress(len(sources)) if show else None
-    say = progress.write if progress else (lambda line: print(line, flush=True))
-    t0 = time.perf_counter()
-    try:
-        indexer = Indexer(cfg, encoder=encoder, sink=sink, progress=progress)
-        run = indexer.run(sources, on_result=lambda r: say(format_result(r)))
-    finally:
-        if progress:
-            progress.close()
-        if sink is not None:
-            sink.close()
-    print(summary(run, time.perf_counter() - t0), flush=True)
+            extractor = stack.enter_context(RayExtractor(
+                ray_cfg, checkpoint=None if args.no_keys else args.encoder_checkpoint,
+                encoder_device=args.encoder_device))
+        elif not args.no_keys:
+            from facekeys.models import FaceEncoder  # torch: only when keys are wanted
+
+            encoder = FaceEncoder(args.encoder_checkpoint, device=args.encoder_device)
+        if not args.no_keys:
+            sink = _sink(args)
+            stack.callback(sink.close)
+
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        progress = (ClusterProgress if extractor else TqdmProgress)(len(sources)) if show else None
+        say = progress.write if progress else (lambda line: print(line, flush=True))
+        t0 = time.perf_counter()
+        try:
+            indexer = Indexer(cfg, encoder=encoder, sink=sink, progress=progress, extractor=extractor)
+            run = indexer.run(sources, on_result=lambda r: say(format_result(r)))
+        finally:
+            if progress:
+                progress.close()
+        seconds = time.perf_counter() - t0
+        lines = [summary(run, seconds)]
+        if extractor is not None:
+            lines.append(cluster_summary(run, seconds, extractor))
+    print("\n".join(lines), flush=True)
     if args.report:
         args.report.write_text(json.dumps(_report_json(run), indent=1))
     for r in run.failed:

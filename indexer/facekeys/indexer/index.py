@@ -18,6 +18,10 @@ role, or an unsecured server). With an enrol-only (gateway) token the indexer ca
 enrolled at most once: the source is reported failed ("may or may not be stored") until a rerun with an
 admin token reconciles it, or `resend_unconfirmed` accepts possible duplicates.
 
+Step 2's obfuscation and key extraction (`extract_video`) runs where the `Extractor` says: in this process,
+one video at a time, or on a Ray cluster (cluster.py), several at once. Only this process writes the
+journal and the spool and enrols, so the guarantees above hold whatever runs the videos.
+
 Errors of the key store itself (`SinkError`: unreachable, refused, full) stop the run: every later video
 would fail the same way. The journal keeps what was done; a rerun continues.
 """
@@ -45,7 +49,8 @@ from .sinks import KeySink, ScanNotAllowed, SinkError
 from .track import Track, TrackerConfig
 from .video import EncoderConfig, VideoReader
 
-__all__ = ["Source", "IndexConfig", "FileResult", "RunResult", "Progress", "Indexer", "output_path"]
+__all__ = ["Source", "IndexConfig", "FileResult", "RunResult", "Progress", "Indexer", "output_path", "Extracted",
+           "Extractor", "extract_video", "failure_reason"]
 
 JOURNAL_DIRNAME = ".facekeys-journal"
 
@@ -170,22 +175,145 @@ def track_key_id(video_id: str, track: int) -> str:
     return f"{video_id}:{track}"
 
 
+@dataclass
+class Extracted:
+    """What one video's obfuscation and key extraction produced, before the journal and the store take over
+    (made by `extract_video`, in this process or on a cluster worker)."""
+
+    output: str  # the complete obfuscated video (renamed into place)
+    frames: int
+    face_tracks: int
+    tracks: list[int]  # track numbers of the keys (empty without keys)
+    keys: list[SpooledKey]  # one per track in `tracks`
+    encoder_id: str  # "" without keys
+    seconds_video: float = 0.0
+    seconds_keys: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def failure_reason(e: Exception) -> str:
+    """One video's failure as the report states it (the batch goes on)."""
+    if isinstance(e, FacekeysError):  # VideoError, ScanNotAllowed, bad settings for this file, ...
+        return str(e)
+    if isinstance(e, (OSError, av.error.FFmpegError, cv2.error)):
+        return f"{type(e).__name__}: {e}"
+    return f"unexpected {type(e).__name__}: {e}"
+
+
+def extract_video(cfg: IndexConfig, src: Source, video_id: str, detector, encoder=None,
+                  progress: Progress | None = None) -> Extracted:
+    """Obfuscate `src` into `output_path(cfg.out_dir, src, video_id)` and, with an `encoder`, compute one key
+    per face track. Touches no journal and no key store: the caller records and enrols the result."""
+    progress = progress or Progress()
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    with VideoReader(src.path) as reader:  # probe: size, frame count; fails fast on unreadable files
+        info = reader.info
+    if min(info.width, info.height) < cfg.min_side:
+        raise _FileFailure(f"resolution {info.width}x{info.height} is too small for face detection "
+                           f"(min {cfg.min_side} px a side)")
+    if info.width % 2 or info.height % 2:
+        notes.append(f"odd resolution {info.width}x{info.height}: output padded to "
+                     f"{info.width + info.width % 2}x{info.height + info.height % 2}")
+    out = output_path(cfg.out_dir, src, video_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frames = 0
+
+    def on_frame(_index: int) -> None:
+        nonlocal frames
+        frames += 1
+        progress.frame()
+
+    progress.begin(src, info.frames or None)
+    tracks = obfuscate_video(src.path, out, detector, cfg.tracker, cfg.obfuscation, cfg.video, on_frame=on_frame)
+    seconds_video = time.perf_counter() - t0
+    if info.frames and frames < info.frames:
+        notes.append(f"decoded {frames} of the {info.frames} frames the container announces (truncated?)")
+    tracks.sort(key=lambda t: t.track_id)
+    keys: list[SpooledKey] = []
+    seconds_keys = 0.0
+    if encoder is not None:
+        t1 = time.perf_counter()
+        keys = _keys(cfg, src, video_id, tracks, encoder)
+        seconds_keys = time.perf_counter() - t1
+    return Extracted(str(out), frames, len(tracks), [t.track_id for t in tracks] if encoder is not None else [], keys,
+                     encoder.encoder_id if encoder is not None else "", seconds_video, seconds_keys, notes)
+
+
+def _keys(cfg: IndexConfig, src: Source, vid: str, tracks: list[Track], encoder) -> list[SpooledKey]:
+    t_origin = src.start_time if src.start_time is not None else 0.0
+    timing = "absolute" if src.start_time is not None else "relative"
+    out = []
+    for i in range(0, len(tracks), cfg.encode_chunk):
+        chunk = tracks[i : i + cfg.encode_chunk]
+        latents = keys_for_tracks(chunk, encoder)  # (B, 18, 512)
+        for t, lat in zip(chunk, latents):
+            out.append(SpooledKey(
+                track=t.track_id, latent=lat, boxes=np.asarray(t.boxes, np.int32).reshape(-1, 5),
+                t_start=t_origin + t.timestamps[0], t_end=t_origin + t.timestamps[-1],
+                attributes={"source_digest": vid, "track": str(t.track_id), "time": timing,
+                            "detected_frames": str(sum(t.detected)), "best_frame": str(t.best_frame)},
+            ))
+    return out
+
+
+class Extractor:
+    """Where `extract_video` runs for the Indexer, which keeps the journal and the enrolment to itself.
+
+    The Indexer hands over up to `slots` videos at a time (`submit`) and takes back finished ones (`wait`:
+    at least one `(ticket, Extracted | failure reason)` while any is in flight). This one runs each video in
+    this process, at `submit`; `facekeys.indexer.cluster.RayExtractor` runs them on a Ray cluster.
+    """
+
+    slots = 1
+    with_keys: bool | None = None  # None: keys iff the Indexer has an encoder
+
+    def bind(self, indexer: Indexer) -> None:
+        self.indexer = indexer
+        self._done: list[tuple[object, Extracted | str]] = []
+
+    def submit(self, ticket, src: Source, video_id: str) -> None:
+        ix = self.indexer
+        try:
+            out: Extracted | str = extract_video(ix.cfg, src, video_id, ix.detector, ix.encoder, ix.progress)
+        except Exception as e:  # one bad video; BaseException (a kill, ^C) ends the run
+            out = failure_reason(e)
+        self._done.append((ticket, out))
+
+    def wait(self) -> list[tuple[object, Extracted | str]]:
+        done, self._done = self._done, []
+        return done
+
+    def cancel(self) -> None:
+        self._done = []
+
+
 class Indexer:
     """Runs sources through obfuscation, key extraction and enrolment, journalled.
 
     `encoder` (`facekeys.models.FaceEncoder` or anything with `.encode` and `.encoder_id`) and `sink` are
-    both given (keys) or both None (obfuscation only).
+    both given (keys) or both None (obfuscation only). With an `extractor` whose `with_keys` is set (a
+    cluster), the videos are processed there: no detector or encoder here, `sink` given iff it makes keys.
+    This process alone writes the journal and enrols, whichever extractor runs the videos.
     """
 
     def __init__(self, cfg: IndexConfig, *, encoder=None, sink: KeySink | None = None, detector=None,
-                 progress: Progress | None = None):
-        if (encoder is None) != (sink is None):
+                 progress: Progress | None = None, extractor: Extractor | None = None):
+        remote = extractor is not None and extractor.with_keys is not None
+        if remote:
+            if encoder is not None or detector is not None:
+                raise InvalidArgument("a remote extractor brings its own detector and encoder")
+            if extractor.with_keys != (sink is not None):
+                raise InvalidArgument("an extractor making keys needs a key store (and one making none, none)")
+        elif (encoder is None) != (sink is None):
             raise InvalidArgument("keys need both an encoder and a key store (or neither, for obfuscation only)")
         self.cfg = cfg
         self.encoder, self.sink = encoder, sink
-        self.detector = detector if detector is not None else make_detector(cfg.detector)
+        self.detector = detector if detector is not None or remote else make_detector(cfg.detector)
         self.progress = progress or Progress()
         self.encoder_id = encoder.encoder_id if encoder is not None else ""
+        self.extractor = extractor if extractor is not None else Extractor()
+        self.extractor.bind(self)
         try:
             cfg.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -193,50 +321,77 @@ class Indexer:
 
     @property
     def with_keys(self) -> bool:
-        return self.encoder is not None
+        return self.sink is not None
 
     def run(self, sources: list[Source], on_result: Callable[[FileResult], None] | None = None) -> RunResult:
-        results: list[FileResult] = []
+        """Index `sources`; `on_result` hears of each video as it finishes. Results come back in source order."""
+        results: list[FileResult | None] = [None] * len(sources)
         seen: dict[str, Path] = {}  # video_id -> first path with that content in this run
+        flight: dict[int, tuple[FileResult, float]] = {}  # source index -> (its result so far, start time)
+        ex = self.extractor
+
+        def finish(i: int, r: FileResult, t0: float) -> None:
+            r.seconds = time.perf_counter() - t0
+            self.progress.end(r)
+            results[i] = r
+            if on_result:
+                on_result(r)
+
         with Journal(self.cfg.journal) as journal:
-            for i, src in enumerate(sources):
-                try:
-                    r = self._one(journal, src, seen)
-                except SinkError as e:
-                    r = FileResult(src.path, src.camera_id, reason=str(e))
-                    self.progress.end(r)
-                    results.append(r)
-                    if on_result:
-                        on_result(r)
-                    for rest in sources[i + 1 :]:
-                        results.append(FileResult(rest.path, rest.camera_id, "not attempted", reason="the run stopped"))
-                    return RunResult(results, fatal=str(e))
-                results.append(r)
-                if on_result:
-                    on_result(r)
+            nxt, current = 0, None
+            try:
+                while nxt < len(sources) or flight:
+                    while nxt < len(sources) and len(flight) < ex.slots:
+                        i, src = nxt, sources[nxt]
+                        nxt += 1
+                        r, t0 = FileResult(src.path, src.camera_id), time.perf_counter()
+                        current = (i, r, t0)
+                        if self._guard(journal, r, lambda: self._plan(journal, src, seen, r)):
+                            journal.append(r.video_id, "start", path=str(src.path), camera_id=src.camera_id)
+                            ex.submit(i, src, r.video_id)
+                            flight[i] = (r, t0)
+                        else:
+                            finish(i, r, t0)
+                        current = None
+                    if flight:
+                        for i, out in ex.wait():
+                            r, t0 = flight.pop(i)
+                            current = (i, r, t0)
+                            self._guard(journal, r, lambda: self._complete(journal, sources[i], r, out))
+                            finish(i, r, t0)
+                            current = None
+            except SinkError as e:
+                ex.cancel()
+                if current is not None:
+                    i, r, t0 = current
+                    flight.pop(i, None)
+                    r.status, r.reason = "failed", str(e)
+                    finish(i, r, t0)
+                for i, (r, _) in flight.items():
+                    r.status, r.reason = "not attempted", "the run stopped"
+                    results[i] = r
+                for i in range(len(sources)):
+                    if results[i] is None:
+                        results[i] = FileResult(sources[i].path, sources[i].camera_id, "not attempted",
+                                                reason="the run stopped")
+                return RunResult(results, fatal=str(e))
         return RunResult(results)
 
     # -- one source ------------------------------------------------------------------------------------
-    def _one(self, journal: Journal, src: Source, seen: dict[str, Path]) -> FileResult:
-        r = FileResult(src.path, src.camera_id)
-        t0 = time.perf_counter()
+    def _guard(self, journal: Journal, r: FileResult, step: Callable[[], bool | None]) -> bool:
+        """Run one step of a source; a failure of that source (not of the store) marks it failed."""
         try:
-            self._process(journal, src, seen, r)
+            return bool(step())
         except SinkError:
             raise
-        except FacekeysError as e:  # VideoError, ScanNotAllowed, bad settings for this file, ...
-            r.status, r.reason = "failed", str(e)
-        except (OSError, av.error.FFmpegError, cv2.error) as e:
-            r.status, r.reason = "failed", f"{type(e).__name__}: {e}"
         except Exception as e:  # a batch must go on past one bad file; the reason names the type
-            r.status, r.reason = "failed", f"unexpected {type(e).__name__}: {e}"
-        r.seconds = time.perf_counter() - t0
-        if r.status == "failed" and r.video_id:
+            r.status, r.reason = "failed", failure_reason(e)
+        if r.video_id:
             journal.append(r.video_id, "failed", reason=r.reason)
-        self.progress.end(r)
-        return r
+        return False
 
-    def _process(self, journal: Journal, src: Source, seen: dict[str, Path], r: FileResult) -> None:
+    def _plan(self, journal: Journal, src: Source, seen: dict[str, Path], r: FileResult) -> bool:
+        """Skip, resume (enrol a spool) or: True, the video is to be processed from the start."""
         path = src.path
         if not path.is_file():
             raise _FileFailure("does not exist or is not a file")
@@ -245,21 +400,39 @@ class Indexer:
         r.video_id = vid = journal.digest(path)
         if vid in seen:
             r.status, r.reason = "skipped", f"same content as {seen[vid]}"
-            return
+            return False
         seen[vid] = path
         st = journal.state(vid)
         if st.status == "done" and (st.done.get("with_keys") or not self.with_keys):
             r.status, r.reason = "skipped", "already indexed"
             r.output = Path(st.done["output"]) if st.done.get("output") else None
-            return
+            return False
         spooled_keys = st.status == "spooled" and st.spooled["with_keys"]
         if spooled_keys and not self.with_keys:
             raise _FileFailure("keys of an interrupted run wait to be enrolled: rerun with --store or --server")
         if st.status == "spooled" and spooled_keys == self.with_keys:
             r.notes.append("resumed after an interruption: output and keys from the earlier attempt")
-        else:
-            self._obfuscate_and_spool(journal, src, r)
-            st = journal.state(vid)
+            self._finish(journal, st, r)
+            return False
+        return True
+
+    def _complete(self, journal: Journal, src: Source, r: FileResult, out: Extracted | str) -> None:
+        """Journal a processed video (spool its keys), then enrol them and mark it done."""
+        if isinstance(out, str):
+            raise _FileFailure(out)
+        vid = r.video_id
+        r.notes += out.notes
+        r.seconds_video, r.seconds_keys = out.seconds_video, out.seconds_keys
+        if self.with_keys:
+            journal.write_spool(vid, out.keys)
+        journal.append(vid, "spooled", tracks=out.tracks if self.with_keys else [], output=out.output,
+                       frames=out.frames, with_keys=self.with_keys, encoder_id=out.encoder_id or self.encoder_id,
+                       camera_id=src.camera_id, obfuscation=obfuscation_record(self.cfg.obfuscation),
+                       face_tracks=out.face_tracks)
+        self._finish(journal, journal.state(vid), r)
+
+    def _finish(self, journal: Journal, st: SourceState, r: FileResult) -> None:
+        vid = st.digest
         r.output, r.frames, r.tracks = Path(st.spooled["output"]), st.spooled["frames"], st.spooled["face_tracks"]
         if self.with_keys:
             r.keys = self._enrol(journal, st)
@@ -269,61 +442,6 @@ class Indexer:
         r.status = "done"
         if not r.tracks:
             r.notes.append("no faces found")
-
-    def _obfuscate_and_spool(self, journal: Journal, src: Source, r: FileResult) -> None:
-        vid = r.video_id
-        journal.append(vid, "start", path=str(src.path), camera_id=src.camera_id)
-        t0 = time.perf_counter()
-        with VideoReader(src.path) as reader:  # probe: size, frame count; fails fast on unreadable files
-            info = reader.info
-        if min(info.width, info.height) < self.cfg.min_side:
-            raise _FileFailure(f"resolution {info.width}x{info.height} is too small for face detection "
-                               f"(min {self.cfg.min_side} px a side)")
-        if info.width % 2 or info.height % 2:
-            r.notes.append(f"odd resolution {info.width}x{info.height}: output padded to "
-                           f"{info.width + info.width % 2}x{info.height + info.height % 2}")
-        out = output_path(self.cfg.out_dir, src, vid)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frames = 0
-
-        def on_frame(_index: int) -> None:
-            nonlocal frames
-            frames += 1
-            self.progress.frame()
-
-        self.progress.begin(src, info.frames or None)
-        tracks = obfuscate_video(src.path, out, self.detector, self.cfg.tracker, self.cfg.obfuscation, self.cfg.video,
-                                 on_frame=on_frame)
-        r.seconds_video = time.perf_counter() - t0
-        if info.frames and frames < info.frames:
-            r.notes.append(f"decoded {frames} of the {info.frames} frames the container announces (truncated?)")
-        tracks.sort(key=lambda t: t.track_id)
-        obf = obfuscation_record(self.cfg.obfuscation)
-        if self.with_keys:
-            t1 = time.perf_counter()
-            keys = self._keys(src, vid, tracks)
-            r.seconds_keys = time.perf_counter() - t1
-            journal.write_spool(vid, keys)
-        journal.append(vid, "spooled", tracks=[t.track_id for t in tracks] if self.with_keys else [],
-                       output=str(out), frames=frames, with_keys=self.with_keys, encoder_id=self.encoder_id,
-                       camera_id=src.camera_id, obfuscation=obf, face_tracks=len(tracks))
-        r.tracks = len(tracks)
-
-    def _keys(self, src: Source, vid: str, tracks: list[Track]) -> list[SpooledKey]:
-        t_origin = src.start_time if src.start_time is not None else 0.0
-        timing = "absolute" if src.start_time is not None else "relative"
-        out = []
-        for i in range(0, len(tracks), self.cfg.encode_chunk):
-            chunk = tracks[i : i + self.cfg.encode_chunk]
-            latents = keys_for_tracks(chunk, self.encoder)  # (B, 18, 512)
-            for t, lat in zip(chunk, latents):
-                out.append(SpooledKey(
-                    track=t.track_id, latent=lat, boxes=np.asarray(t.boxes, np.int32).reshape(-1, 5),
-                    t_start=t_origin + t.timestamps[0], t_end=t_origin + t.timestamps[-1],
-                    attributes={"source_digest": vid, "track": str(t.track_id), "time": timing,
-                                "detected_frames": str(sum(t.detected)), "best_frame": str(t.best_frame)},
-                ))
-        return out
 
     # -- enrolment ---------------------------------------------------------------------------------------
     def _enrol(self, journal: Journal, st: SourceState) -> int:
