@@ -45,3 +45,16 @@ def test_generator_cuda_equals_cpu(psp_path):
     diff = np.abs(gpu - cpu)
     assert diff.max() <= 2 and diff.mean() < 0.05  # rounding of float32 differences to uint8 levels
     assert cpu.std() > 0 and not np.array_equal(cpu[0], cpu[1])
+
+
+def test_fast_paths_on_cuda_equal_cpu_reference(psp_path):
+    """impl="fast" on CUDA (the eager, non-oneDNN branch of facekeys.models.fast) against the CPU reference."""
+    latents = np.random.default_rng(2).standard_normal((2, 18, 512)).astype(np.float32)
+    cpu = FaceGenerator(psp_path, device="cpu", impl="reference").generate(latents).astype(np.int16)
+    gpu = FaceGenerator(psp_path, device="cuda", impl="fast").generate(latents).astype(np.int16)
+    diff = np.abs(gpu - cpu)
+    assert diff.max() <= 2 and diff.mean() < 0.05
+    images = np.random.default_rng(3).integers(0, 256, size=(2, 256, 256, 3), dtype=np.uint8)
+    ref = torch.from_numpy(FaceEncoder(psp_path, device="cpu", impl="reference").encode(images))
+    fast = torch.from_numpy(FaceEncoder(psp_path, device="cuda", impl="fast").encode(images))
+    assert torch.nn.functional.cosine_similarity(fast, ref, dim=2).min().item() >= 0.9999

@@ -11,15 +11,31 @@ import torch.nn.functional as F
 from facekeys.errors import InvalidArgument
 
 from .checkpoint import PSP_MODEL_NAME, _device, encoder_id, load_generator, load_psp
+from .fast import FastEncoder, FastSynthesis, supports
 from .psp import INPUT_SIZE
 
-__all__ = ["FaceEncoder", "FaceGenerator"]
+__all__ = ["FaceEncoder", "FaceGenerator", "IMPLS"]
+
+IMPLS = ("auto", "fast", "reference")
+
+
+def _pick(impl: str, device: torch.device, possible: bool = True) -> str:
+    """'auto' is the fast path on CPU (where it was measured against the reference) and the reference elsewhere."""
+    if impl not in IMPLS:
+        raise InvalidArgument(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "fast" and not possible:
+        raise InvalidArgument("the fast path needs the official binomial blur kernels")
+    if impl == "auto":
+        return "fast" if device.type == "cpu" and possible else "reference"
+    return impl
 
 
 class FaceEncoder:
     """pSp encoder: aligned 256x256 RGB uint8 faces -> W+ keys (B, 18, 512) = encoder codes + latent_avg.
 
     Runs in eval mode under no_grad, on CUDA when available unless `device` says otherwise.
+    impl: "reference" is the module bitwise equal to the official encoder; "fast" (fast.FastEncoder: channels_last,
+    inference_mode, identity shortcuts as slices; same weights); "auto" (default) is fast on CPU, reference elsewhere.
     """
 
     def __init__(
@@ -29,13 +45,16 @@ class FaceEncoder:
         device: str | torch.device | None = None,
         batch_size: int = 8,
         name: str = PSP_MODEL_NAME,
+        impl: str = "auto",
     ):
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
         self.device = _device(device)
+        self.impl = _pick(impl, self.device)
         loaded = load_psp(checkpoint, device=self.device, decoder=False)
         self._encoder = loaded.encoder
         self._latent_avg = loaded.latent_avg  # (18, 512)
+        self._run = FastEncoder(self._encoder) if self.impl == "fast" else self._encoder
         self._path = os.fspath(checkpoint)
         self._name = name
         self._id: str | None = None
@@ -64,7 +83,7 @@ class FaceEncoder:
                 chunk = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).to(self.device)
                 x = chunk.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (b, 3, 256, 256) in [0, 1]
                 x = (x - 0.5) / 0.5  # [-1, 1]
-                codes = self._encoder(x) + self._latent_avg  # (b, 18, 512)
+                codes = self._run(x) + self._latent_avg  # (b, 18, 512)
                 out[i : i + chunk.shape[0]] = codes.cpu().numpy()
         return out
 
@@ -74,6 +93,9 @@ class FaceGenerator:
 
     Weights come from a pSp checkpoint's decoder.* entries (preferred, pSp trained against them) or from a
     rosinality `g_ema` file; the format is detected.
+    impl: "reference" is the module bitwise equal to the official generator; "fast" (fast.FastSynthesis: plain
+    per-sample convs on CPU via oneDNN with fused adds; same weights, images within float32 rounding, PSNR >= 40 dB
+    checked by tests/models/test_fast.py); "auto" (default) is fast on CPU, reference elsewhere.
     """
 
     def __init__(
@@ -83,11 +105,14 @@ class FaceGenerator:
         device: str | torch.device | None = None,
         batch_size: int = 1,
         output_size: int | None = None,
+        impl: str = "auto",
     ):
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
         self.device = _device(device)
         self._generator = load_generator(checkpoint, device=self.device)
+        self.impl = _pick(impl, self.device, supports(self._generator))
+        self._fast = FastSynthesis(self._generator) if self.impl == "fast" else None
         self.batch_size = batch_size
         self.output_size = output_size
 
@@ -118,7 +143,11 @@ class FaceGenerator:
         with torch.no_grad():
             for i in range(0, latents.shape[0], self.batch_size):
                 w = torch.from_numpy(np.ascontiguousarray(latents[i : i + self.batch_size], dtype=np.float32))
-                img = self._generator(w.to(self.device), input_is_latent=True, randomize_noise=False)  # (b,3,S0,S0)
+                w = w.to(self.device)
+                if self._fast is not None:
+                    img = self._fast(w)  # (b, 3, S0, S0)
+                else:
+                    img = self._generator(w, input_is_latent=True, randomize_noise=False)  # (b, 3, S0, S0)
                 img = _resize(img, size)
                 img = ((img + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
                 out[i : i + w.shape[0]] = img.permute(0, 2, 3, 1).cpu().numpy()

@@ -147,10 +147,26 @@ class GradualStyleEncoder(nn.Module):
             x = unit(x)
             if i in self._taps:
                 feats.append(x)
-        c1, c2, c3 = feats  # (B,128,64,64), (B,256,32,32), (B,512,16,16)
-        out = [self.styles[j](c3) for j in range(_COARSE)]
+        return self.heads(*feats)
+
+    @property
+    def tap_indices(self) -> tuple[int, ...]:
+        """Body units after which c1, c2, c3 are taken (the inputs of `heads`)."""
+        return tuple(self._taps)
+
+    @property
+    def head_groups(self) -> tuple[tuple[int, int], ...]:
+        """Style rows fed by c3 (16x16), p2 (32x32) and p1 (64x64): the outputs of `pyramid`, in order."""
+        return ((0, _COARSE), (_COARSE, _MIDDLE), (_MIDDLE, self.config.n_styles))
+
+    def pyramid(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """FPN top-down path: (c3, p2, p1), the inputs of the three head groups."""
         p2 = F.interpolate(c3, size=c2.shape[-2:], mode="bilinear", align_corners=True) + self.latlayer1(c2)
-        out += [self.styles[j](p2) for j in range(_COARSE, _MIDDLE)]
         p1 = F.interpolate(p2, size=c1.shape[-2:], mode="bilinear", align_corners=True) + self.latlayer2(c1)
-        out += [self.styles[j](p1) for j in range(_MIDDLE, self.config.n_styles)]
+        return c3, p2, p1
+
+    def heads(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor) -> torch.Tensor:
+        """FPN + map2style: c1 (B,128,64,64), c2 (B,256,32,32), c3 (B,512,16,16) -> raw codes (B, 18, 512)."""
+        maps = self.pyramid(c1, c2, c3)
+        out = [self.styles[j](m) for m, (lo, hi) in zip(maps, self.head_groups) for j in range(lo, hi)]
         return torch.stack(out, dim=1)  # (B, 18, 512)
