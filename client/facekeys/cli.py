@@ -348,6 +348,7 @@ def _client_flags(p: argparse.ArgumentParser, default: str = DEFAULT_SERVER) -> 
 
 _DELEGATED = {  # subcommands implemented by other packages: facekeys <name> ... -> module.main(argv)
     "index": ("facekeys.indexer.cli", "indexer"),
+    "verify-video": ("facekeys.indexer.verify_cli", "indexer"),
     "recover-serve": ("facekeys.recovery.cli", "models"),
     "bench": ("facekeys.bench.cli", "bench"),
     "creds": ("facekeys.security.cli", "server"),

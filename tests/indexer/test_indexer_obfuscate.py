@@ -15,7 +15,7 @@ def frame():
 @pytest.mark.parametrize("method", ["mosaic", "blur", "fill"])
 def test_obfuscates_inside_only(method):
     src = frame()
-    out = obfuscate(src.copy(), [(140, 60, 88, 120)], ObfuscationConfig(method=method))
+    out = obfuscate(src.copy(), [(140, 60, 88, 120)], ObfuscationConfig(method=method, margin=0.2))
     x0, y0, x1, y1 = expand_box((140, 60, 88, 120), 0.2, 320, 240)
     assert (x0, y0, x1, y1) == (122, 36, 246, 204)
     inside = np.zeros((240, 320), bool)
@@ -67,3 +67,14 @@ def test_boxes_clipped_at_border_and_track_tuples():
 def test_bad_obfuscation_config(kw):
     with pytest.raises(InvalidArgument):
         ObfuscationConfig(**kw)
+
+
+def test_mosaic_noise_moves_block_colours_reproducibly():
+    img = frame()
+    plain = obfuscate(img.copy(), [(140, 60, 88, 120)], ObfuscationConfig(mosaic_noise=0))
+    noisy = obfuscate(img.copy(), [(140, 60, 88, 120)], ObfuscationConfig(mosaic_noise=20))
+    again = obfuscate(img.copy(), [(140, 60, 88, 120)], ObfuscationConfig(mosaic_noise=20))
+    d = noisy.astype(int) - plain.astype(int)
+    assert np.array_equal(noisy, again) and d.any() and np.abs(d).max() <= 20
+    with pytest.raises(InvalidArgument):
+        ObfuscationConfig(mosaic_noise=200)

@@ -252,7 +252,8 @@ def _keys(cfg: IndexConfig, src: Source, vid: str, tracks: list[Track], encoder)
                 track=t.track_id, latent=lat, boxes=np.asarray(t.boxes, np.int32).reshape(-1, 5),
                 t_start=t_origin + t.timestamps[0], t_end=t_origin + t.timestamps[-1],
                 attributes={"source_digest": vid, "track": str(t.track_id), "time": timing,
-                            "detected_frames": str(sum(t.detected)), "best_frame": str(t.best_frame)},
+                            "detected_frames": str(sum(t.detected)), "best_frame": str(t.best_frame),
+                            "obfuscation_margin": repr(float(cfg.obfuscation.margin))},  # what Reveal restores
             ))
     return out
 

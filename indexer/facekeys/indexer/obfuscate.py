@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,12 +19,20 @@ METHODS = ("mosaic", "blur", "fill")
 @dataclass(frozen=True)
 class ObfuscationConfig:
     method: str = "mosaic"  # "mosaic" | "blur" | "fill"
-    margin: float = 0.2  # added on every side, as a fraction of the box's width / height
-    mosaic_blocks: int = 6  # blocks across the face box; 6 keeps even a face detector from firing (8: 0.57)
-    mosaic_min_block: int = 8  # px: small faces get fewer, larger blocks (a 26 px face in 6 blocks of 4 px
-    #                            still fires CenterFace at 0.52; with 8 px blocks nothing fires even at 0.3)
+    # Defaults measured with `facekeys verify-video` (benchmarks/bench_privacy.py, RESULTS.md) on real clips with
+    # 10-260 px faces: no CenterFace hit at >= 0.3 and no dlib HOG / MMOD hit in a region, no leaked frame,
+    # re-identification by dlib's 128-D descriptor at chance. The 0.2 margin / 6 blocks / 8 px before them left
+    # CenterFace hits up to 0.54 on small faces (the head's outline and a face-shaped blob of blocks).
+    margin: float = 0.4  # added on every side, as a fraction of the box's width / height: covers hair, ears and
+    #                      chin, and the whole chip a face matcher aligns (0.3 still fired CenterFace at 0.37)
+    mosaic_blocks: int = 4  # blocks across the face box (6: CenterFace up to 0.32 on a 100 px face at 0.2 margin)
+    mosaic_min_block: int = 16  # px: small faces get fewer, larger blocks; a 10-20 px face becomes 1-2 blocks
+    #                             (with 8 px blocks a 10 px face kept 2x3 blocks: CenterFace 0.33 on vtest.avi)
     blur_sigma: float = 0.2  # gaussian sigma as a fraction of the larger box side
     fill_color: tuple[int, int, int] = (0, 0, 0)  # RGB for "fill"
+    mosaic_noise: int = 0  # grey levels: each mosaic block's colour moves by a uniform offset in +-this. Off by
+    #                        default: measured, +-32 RAISES low-threshold CenterFace scores (random block patterns
+    #                        look face-like: 0.36 on vtest.avi where the plain mosaic stays below 0.3)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -36,6 +45,8 @@ class ObfuscationConfig:
             raise InvalidArgument(f"ObfuscationConfig.mosaic_min_block must be in 1..64 px, got {self.mosaic_min_block}")
         if not 0.05 <= self.blur_sigma <= 2.0:
             raise InvalidArgument(f"ObfuscationConfig.blur_sigma must be in [0.05, 2], got {self.blur_sigma}")
+        if not 0 <= self.mosaic_noise <= 128:
+            raise InvalidArgument(f"ObfuscationConfig.mosaic_noise must be in 0..128 grey levels, got {self.mosaic_noise}")
         if len(self.fill_color) != 3 or not all(0 <= int(c) <= 255 for c in self.fill_color):
             raise InvalidArgument(f"ObfuscationConfig.fill_color must be 3 values in 0..255, got {self.fill_color}")
 
@@ -71,7 +82,13 @@ def obfuscate(frame: np.ndarray, boxes: Iterable, cfg: ObfuscationConfig = Obfus
             block = max(float(cfg.mosaic_min_block), max(bw, bh) / cfg.mosaic_blocks)  # block side in pixels
             nx = max(1, round((x1 - x0) / block))
             ny = max(1, round((y1 - y0) / block))
-            small = cv2.resize(roi, (nx, ny), interpolation=cv2.INTER_AREA)
+            small = cv2.resize(roi, (nx, ny), interpolation=cv2.INTER_AREA)  # (ny, nx, 3) block colours
+            if cfg.mosaic_noise:
+                # Seeded by the blocks themselves: the same frame gives the same output (reruns are
+                # reproducible), and the offsets cannot be recomputed without the original pixels.
+                rng = np.random.default_rng(zlib.crc32(small.tobytes()))
+                offs = rng.integers(-cfg.mosaic_noise, cfg.mosaic_noise + 1, small.shape)
+                small = np.clip(small.astype(np.int16) + offs, 0, 255).astype(np.uint8)
             roi[:] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
         else:
             sigma = max(1.0, cfg.blur_sigma * max(bw, bh))

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="revealed video codec: h264-lossless (MP4) / ffv1 (MKV) keep every other pixel exactly; "
                         "h264 (MP4, --crf) is smaller and plays everywhere but re-encodes lossily")
     p.add_argument("--crf", type=int, default=18, help="quality of --output-codec h264")
-    p.add_argument("--margin", type=float, default=0.2, help="the indexer's obfuscation margin (box fraction per side)")
+    p.add_argument("--margin", type=float, default=PlacementConfig.margin,
+                   help="the indexer's obfuscation margin (box fraction per side) for keys that do not record it")
     p.add_argument("--feather", type=float, default=0.15, help="edge blend width (fraction of the region's smaller side)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, default=50052, help="gRPC port (0 = any free port)")

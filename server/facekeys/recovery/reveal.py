@@ -2,7 +2,7 @@
 
 Where the face goes. A key's `Where.boxes` rows are (frame_index, x, y, w, h): the detector's face box in
 that frame, in stored-video pixels, frame_index in decode order (the indexer's `VideoReader` numbering).
-The indexer obfuscated each box grown by its margin (`ObfuscationConfig.margin`, 0.2 of the box per side),
+The indexer obfuscated each box grown by its margin (`ObfuscationConfig.margin`, 0.4 of the box per side),
 rounded outwards and clipped to the frame; the reveal region is that same rectangle (`region`), so every
 obfuscated pixel of the track is replaced and no pixel outside it is touched.
 
@@ -41,7 +41,7 @@ __all__ = ["PlacementConfig", "RevealStats", "region", "face_patch", "feather_ma
 
 @dataclass(frozen=True)
 class PlacementConfig:
-    margin: float = 0.2  # the indexer's obfuscation margin (fraction of the box per side); a key's
+    margin: float = 0.4  # the indexer's obfuscation margin (fraction of the box per side); a key's
     #                      attribute "obfuscation_margin" overrides it for that key
     face_region: tuple[float, float, float, float] = (0.22, 0.23, 0.79, 0.88)  # detector box in the aligned
     #                      generator output: x0, y0, x1, y1 as fractions of its side (measured, see module doc)
