@@ -106,7 +106,8 @@ def cli(argv, capsys):
     return rc, out, err
 
 
-def test_ray_cluster_with_a_worker_killed_mid_video_matches_one_process(clips, checkpoint, servers, tmp_path, capsys):
+def test_ray_cluster_with_a_worker_killed_mid_video_matches_one_process(clips, checkpoint, servers, tmp_path, capsys,
+                                                                       leak_detector):
     from facekeys.indexer import IndexConfig, Indexer, ServerSink
     from facekeys.indexer.cli import _configs, build_parser, expand_sources
     from facekeys.indexer.cluster import RayConfig, RayExtractor
@@ -175,7 +176,12 @@ def test_ray_cluster_with_a_worker_killed_mid_video_matches_one_process(clips, c
         pts_a, fa = decoded(r_ref)
         pts_b, fb = decoded(r_ray)
         assert len(pts_a) == N_FRAMES and pts_a == pts_b
-        assert np.abs(fa.astype(np.int16) - fb).max() <= 2, r_ray.name
+        # The same video up to float noise: the workers' detector runs with one thread, so a held or interpolated
+        # box can land a pixel off and shift a mosaic block (differences up to ~30 there), nothing more.
+        diff = np.abs(fa.astype(np.int16) - fb)
+        assert diff.mean() < 1.0, (r_ray.name, float(diff.mean()))
+        for i, frame in enumerate(fb):  # and obfuscated: no face found in any frame the Ray run wrote
+            assert leak_detector.detect(np.ascontiguousarray(frame)) == [], f"{r_ray.name} frame {i}: a face is visible"
     assert len(list((tmp_path / "ray").rglob("*.mp4"))) == len(clips)
     journal = tmp_path / "ray" / ".facekeys-journal" / f"{target}.jsonl"
     assert [json.loads(line)["ev"] for line in journal.read_text().splitlines()] == \
