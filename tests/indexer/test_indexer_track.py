@@ -59,6 +59,29 @@ def test_hold_before_and_after():
     assert [len(popped[f]) for f in range(12)] == [0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
 
 
+def test_held_boxes_also_follow_the_motion():
+    """A face the detector finds only in frames 3-5, moving 10 px a frame: the frames held before and after
+    are obfuscated where it stood (the held box) and where its motion says it was (it may be too faint to detect
+    there); the key keeps only the held boxes."""
+    seq = [[det(50 + 10 * (i - 3), 50)] if 3 <= i <= 5 else [] for i in range(12)]
+    tracks, popped = run(seq, TrackerConfig(max_gap=3, hold=2))
+    assert [b[:2] for b in tracks[0].boxes] == [(1, 50), (2, 50), (3, 50), (4, 60), (5, 70), (6, 70), (7, 70)]
+    assert sorted(b[1] for b in popped[1]) == [30, 50] and sorted(b[1] for b in popped[2]) == [40, 50]
+    assert sorted(b[1] for b in popped[6]) == [70, 80] and sorted(b[1] for b in popped[7]) == [70, 90]
+
+
+def test_a_small_face_is_obfuscated_wider_before_its_first_detection():
+    """A 10 px face found once: the two frames before also get boxes grown by 1 and 2 face sizes a side
+    (obfuscation only: the key keeps the held box)."""
+    seq = [[det(100, 100, 10, 10)] if i == 4 else [] for i in range(12)]
+    tracks, popped = run(seq, TrackerConfig(max_gap=3, hold=2, min_hits=1))
+    assert sorted(popped[3]) == [(0, 90, 90, 30, 30), (0, 100, 100, 10, 10)]
+    assert sorted(popped[2]) == [(0, 80, 80, 50, 50), (0, 100, 100, 10, 10)]
+    assert [b[0] for b in tracks[0].boxes] == [2, 3, 4, 5, 6]
+    _, big = run([[det(100, 100, 40, 40)] if i == 4 else [] for i in range(12)], TrackerConfig(max_gap=3, hold=2))
+    assert big[3] == [(0, 100, 100, 40, 40)]  # larger faces: the held box only
+
+
 def test_two_faces_crossing_keep_identities():
     seq = [[det(20 + 10 * i, 40), det(200 - 10 * i, 150)] for i in range(16)]
     tracks, _ = run(seq, TrackerConfig())

@@ -64,16 +64,8 @@ def verified(request, media, identity):
     return request.param, src, dst, tracks, report
 
 
-# The one clip the defaults do not yet pass (benchmarks/RESULTS.md section 9.3): at frame 29 a 9x12 px face that
-# scores 0.384 on the original (below the indexer's 0.4) lies half outside the box held before its first detection,
-# and its uncovered half fires CenterFace at 0.336. Strict: the day coverage closes the gap, this fails as XPASS.
-OPEN = {"vtest": "issue 27: a face below the detector's threshold is only half inside its held box (CF 0.336)"}
-
-
-def test_no_detector_hits_in_regions(verified, request):
+def test_no_detector_hits_in_regions(verified):
     name, _, _, tracks, r = verified
-    if name in OPEN:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=OPEN[name]))
     assert r.frames == 60 and r.tracks >= 1 and r.region_boxes > 0, name
     assert r.region_hit_count("centerface") == 0, (name, r.region_hits)
     assert r.region_hit_count("hog") == 0 and r.region_hit_count("cnn") == 0, (name, r.region_hits)
@@ -124,7 +116,8 @@ def test_verifier_fails_heads_mosaic_on_a_small_face(media, identity):
 
 
 def test_keys_file_gives_the_same_regions(media, identity, tmp_path):
-    """Regions read from key records (`facekeys get` lines) == regions recomputed from the original."""
+    """Regions read from key records (`facekeys get` lines) are the keys' boxes; regions recomputed from the
+    original are those plus the boxes obfuscated outside any key (held along a small face's motion)."""
     src, dst, tracks = _index(media, "crowd")
     keys = tmp_path / "keys.jsonl"
     keys.write_text("".join(json.dumps({"key_id": i, "track_id": str(t.track_id), "boxes": [list(b) for b in t.boxes]}) + "\n"
@@ -134,7 +127,7 @@ def test_keys_file_gives_the_same_regions(media, identity, tmp_path):
     cfg = VerifyConfig(hog=False, cnn_every=0, reid_per_track=0)
     a = verify_video(src, dst, cfg, tracks=given, identity=identity)
     b = verify_video(src, dst, cfg, identity=identity)
-    assert a.region_boxes == b.region_boxes == sum(len(t.boxes) for t in tracks)  # no short tracks on this clip
+    assert a.region_boxes == sum(len(t.boxes) for t in tracks) <= b.region_boxes  # no short tracks on this clip
     assert a.passed and b.passed
     assert tracks_to_boxes(tracks).keys() == {t.track_id for t in tracks}
 

@@ -112,6 +112,22 @@ def _inter(a, b) -> float:  # xywh
     return float(iw * ih) if iw > 0 and ih > 0 else 0.0
 
 
+_SMALL_FACE = 32.0  # px: faces up to this side get grown boxes before their first detection (Tracker._start)
+
+
+def _grown(box: np.ndarray, sizes: float) -> np.ndarray:
+    """(4,) xywh `box` grown by `sizes` times its larger side on every side."""
+    g = sizes * max(box[2], box[3])
+    return np.array([box[0] - g, box[1] - g, box[2] + 2 * g, box[3] + 2 * g])
+
+
+def _moved(box: np.ndarray, velocity: np.ndarray, frames: int) -> np.ndarray:
+    """(4,) xywh `box` carried `frames` frames along `velocity` (xywh per frame; negative: backwards)."""
+    out = box + velocity * frames
+    out[2:] = np.maximum(out[2:], 1.0)
+    return out
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:  # xywh
     inter = _inter(a, b)
     return inter / (a[2] * a[3] + b[2] * b[3] - inter) if inter else 0.0
@@ -330,6 +346,14 @@ class Tracker:
         for k in range(1, self.cfg.hold + 1):  # hold the last box a little after the last detection
             if lt.last_frame + k <= self._frame:
                 self._add_box(lt, lt.last_frame + k, lt.last_det, False)
+                if lt.hits > 1:  # and where its motion carries it (obfuscation only)
+                    self._add_moved(lt, lt.last_frame + k, lt.last_det, lt.velocity, k)
+
+    def _add_moved(self, lt: _Live, f: int, box: np.ndarray, velocity: np.ndarray, frames: int) -> None:
+        """Obfuscate (not key) `box` carried `frames` frames along `velocity` in frame f, if that moves it."""
+        moved = _moved(box, velocity, frames)
+        if _int_box(*moved) != _int_box(*box):
+            self._add_box(lt, f, moved, False, key=False)
 
     def _as_track(self, lt: _Live) -> Track | None:
         if lt.hits < self.cfg.min_hits or lt.best is None or not lt.boxes:
@@ -444,6 +468,11 @@ class Tracker:
             self._add_box(lt, lt.last_frame + k, lt.last_det * (1 - a) + box * a, False)
         self._add_box(lt, f, box, True)
         lt.velocity = (box - lt.last_det) / gap
+        if lt.hits == 1:
+            # The boxes held before the first detection stand where the face was first found; a face too faint for
+            # the detector there may have been elsewhere: obfuscate where its motion says it came from, too.
+            for k in range(1, self.cfg.hold + 1):
+                self._add_moved(lt, lt.last_frame - k, lt.last_det, lt.velocity, -k)
         lt.last_det, lt.last_frame, lt.last_time = box, f, self._times[f]
         lt.looks = lt.looks[1 - _LOOKS :] + [look]
         lt.hits += 1
@@ -456,6 +485,11 @@ class Tracker:
         self._add_box(lt, f, box, True)
         for k in range(1, self.cfg.hold + 1):  # hold the first box a little before the first detection
             self._add_box(lt, f - k, box, False, front=True)
+            if max(box[2], box[3]) <= _SMALL_FACE:
+                # A small (far) face crosses its own width in a frame or two, and one this faint may not have
+                # been detected where it was: before its first detection obfuscate, not key, a box grown by k face
+                # sizes a side (a 10 px face: 50 px two frames back). The motion, once known, adds the box there.
+                self._add_box(lt, f - k, _grown(box, k), False, key=False)
         self._live.append(lt)
         self._consider(lt, f, image, d)
         return lt
