@@ -116,7 +116,7 @@ class Keyring:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise FailedPrecondition(f"keyring {self.path} is in use by another process") from None
+            raise FailedPrecondition(f"keyring {self.path} is in use by another process (or another Keyring here)") from None
         try:
             index_slot = self._load()
             self._index_key = self._index(index_slot)
