@@ -91,3 +91,24 @@ def test_installed_distributions_are_the_locked_ones():
     installed.pop("facekeys", None)
     assert {n: v for n, v in installed.items() if pins.get(n) != v} == {}, "installed but not locked (or other version)"
     assert sorted(pins.keys() - installed.keys()) == [], "locked but not installed: rerun bash scripts/setup.sh"
+
+
+def test_deploy_tools_are_the_pinned_ones():
+    """The checkers deploy/install-tools.sh installs outside the Python lock are at their pinned versions: the
+    Debian packages of APT_PINS, and dclint as deploy/tools/package-lock.json resolves it (linked into the venv)."""
+    import json
+    import re
+    import subprocess
+    import sysconfig
+
+    script = (ROOT / "deploy" / "install-tools.sh").read_text()
+    pins = re.search(r"^APT_PINS=\((.*)\)$", script, re.M).group(1).split()
+    for pin in pins:
+        name, version = pin.split("=", 1)
+        got = subprocess.run(["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True).stdout
+        assert got == version, f"{name} {got!r} installed, {version!r} pinned: rerun bash deploy/install-tools.sh"
+    lock = json.loads((ROOT / "deploy" / "tools" / "package-lock.json").read_text())
+    want = lock["packages"]["node_modules/dclint"]["version"]
+    dclint = Path(sysconfig.get_path("scripts")) / "dclint"
+    got = subprocess.run([str(dclint), "--version"], capture_output=True, text=True).stdout.strip()
+    assert got == want and dclint.resolve().is_relative_to(ROOT / "deploy" / "tools" / "node_modules")
