@@ -109,7 +109,7 @@ def cli(argv, capsys):
 def test_ray_cluster_with_a_worker_killed_mid_video_matches_one_process(clips, checkpoint, servers, tmp_path, capsys,
                                                                        leak_detector):
     from facekeys.indexer import IndexConfig, Indexer, ServerSink
-    from facekeys.indexer.cli import _configs, build_parser, expand_sources
+    from facekeys.indexer.cli import build_parser, expand_sources, index_config
     from facekeys.indexer.cluster import RayConfig, RayExtractor
     from facekeys.indexer.index import Source, output_path
     from facekeys.indexer.journal import file_digest
@@ -125,7 +125,7 @@ def test_ray_cluster_with_a_worker_killed_mid_video_matches_one_process(clips, c
     # 2. a local Ray cluster with two workers; the first worker to report frames of the second clip is killed
     ray_srv = servers("srv-ray")
     args = build_parser().parse_args([str(a) for a in [*clips, *common, "--out-dir", tmp_path / "ray", "--server", ray_srv]])
-    cfg: IndexConfig = _configs(args)
+    cfg: IndexConfig = index_config(args)
     sources = expand_sources([Source(Path(c), "cam-7") for c in clips], [])
     target = file_digest(clips[1])
     killed: dict = {}

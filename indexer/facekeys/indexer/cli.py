@@ -41,7 +41,7 @@ from .obfuscate import METHODS, ObfuscationConfig
 from .track import TrackerConfig
 from .video import EncoderConfig
 
-__all__ = ["main", "build_parser", "read_manifest", "expand_sources", "VIDEO_EXTENSIONS"]
+__all__ = ["main", "build_parser", "read_manifest", "expand_sources", "index_config", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".flv", ".wmv",
@@ -291,7 +291,8 @@ def _report_json(run: RunResult) -> dict:
 
 
 # -- main -------------------------------------------------------------------------------------------------
-def _configs(args) -> IndexConfig:
+def index_config(args) -> IndexConfig:
+    """The IndexConfig of parsed `facekeys index` arguments (bad settings raise InvalidArgument)."""
     return IndexConfig(
         out_dir=args.out_dir, journal_dir=args.journal,
         detector=DetectorConfig(kind=args.detector, model_path=args.detector_model, threshold=args.threshold,
@@ -325,7 +326,7 @@ def _sink(args):
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    cfg = _configs(args)  # bad settings fail here, before any video is touched
+    cfg = index_config(args)  # bad settings fail here, before any video is touched
 
     if args.sources and not args.camera:
         raise InvalidArgument("--camera is required for SRC arguments (or list them in a --manifest)")
